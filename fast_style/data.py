@@ -1,0 +1,117 @@
+"""Training data: random crops from any folder tree of photos (COCO's train2014/train2017 as-is),
+plus a small fixed set of validation photos whose stylisations are logged during training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from fast_style.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
+    """Every image file below ``root`` (recursively, sorted); a clear error if there is none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{what}={root} is not a folder; point {what} at a folder of photos (e.g. COCO's train2017)")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not paths:
+        raise UserError(f"{what}={root} holds no {'/'.join(IMAGE_EXTENSIONS)} images; point {what} at a folder of photos")
+    return paths
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as 8-bit RGB, with a clear error for a missing or unreadable file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as e:
+        raise UserError(f"{path} does not exist") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path} is not a readable image ({e})") from e
+
+
+class ImageFiles(Dataset[torch.Tensor]):
+    """Images from a list of files, as float tensors in [0, 1] after ``transform``."""
+
+    def __init__(self, paths: list[Path], transform: v2.Transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.paths[index]))
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Random-resized square crops of ``image_size`` from ``root``; centre crops of ``val_root`` for validation."""
+
+    def __init__(
+        self,
+        root: str,
+        val_root: str | None = None,
+        image_size: int = 256,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        batch_size: int = 4,
+        num_workers: int = 2,
+        val_size: int = 256,
+        val_max_images: int = 8,
+    ) -> None:
+        super().__init__()
+        for name, value in (("image_size", image_size), ("val_size", val_size)):
+            if value < 16 or value % 4:
+                raise UserError(f"data.{name} must be a multiple of 4 and at least 16, got {value}")
+        if batch_size < 1 or num_workers < 0:
+            raise UserError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
+        low, high = crop_scale
+        if not 0 < low <= high <= 1:
+            raise UserError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(crop_scale)}")
+        self.root, self.val_root = root, val_root
+        self.image_size, self.crop_scale, self.batch_size = image_size, (low, high), batch_size
+        self.num_workers, self.val_size, self.val_max_images = num_workers, val_size, val_max_images
+
+    def setup(self, stage: str | None = None) -> None:
+        to_float = v2.ToDtype(torch.float32, scale=True)
+        self.train_set = ImageFiles(
+            list_images(self.root),
+            v2.Compose([
+                v2.ToImage(),
+                v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),
+                v2.RandomHorizontalFlip(),
+                to_float,
+            ]),
+        )
+        val_paths = list_images(self.val_root, "data.val_root")[: self.val_max_images] if self.val_root else []
+        self.val_set = ImageFiles(
+            val_paths,
+            v2.Compose([v2.ToImage(), v2.Resize(self.val_size, antialias=True), v2.CenterCrop(self.val_size), to_float]),
+        )
+
+    def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[torch.Tensor]:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else len(dataset) or 1,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers if train else 0,
+            persistent_workers=train and self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader[torch.Tensor]:
+        if len(self.train_set) < self.batch_size:
+            raise UserError(
+                f"data.root={self.root} has {len(self.train_set)} images, fewer than data.batch_size={self.batch_size}"
+            )
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader[torch.Tensor] | list:
+        return self._loader(self.val_set, train=False) if len(self.val_set) else []

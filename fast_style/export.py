@@ -1,0 +1,160 @@
+"""Per-style model files: the transformer's weights plus metadata in one ``.safetensors`` file.
+
+safetensors holds only tensors and strings, so loading a model file can never run code. Metadata
+values are JSON strings: ``format``, ``model`` (TransformerNet arguments), and whatever the trainer
+records (style, loss, data, config, steps, losses, date, run_id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_info
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from fast_style.errors import UserError
+from fast_style.network import TransformerNet
+
+FORMAT = "fast-style/1"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    A crash mid-write leaves the old file intact (and no half-written one under the real name).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes each ``.ckpt`` atomically."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def save_model(
+    net: TransformerNet, path: str | Path, metadata: dict[str, Any] | None = None, dtype: str = "float32"
+) -> None:
+    """Write ``net``'s weights (floating point ones cast to ``dtype``) and metadata to ``path`` atomically."""
+    if dtype not in DTYPES:
+        raise UserError(f"export.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    tensors = {
+        name: t.detach().to("cpu", DTYPES[dtype] if t.is_floating_point() else t.dtype).contiguous()
+        for name, t in net.state_dict().items()
+    }
+    meta = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    meta.update(format=FORMAT, model=json.dumps(net.config()))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded metadata of a fast-style model file; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable .safetensors model file ({e}); re-export or re-download it") from e
+    if raw.get("format") != json.dumps(FORMAT):
+        raise UserError(f"{path} is a safetensors file but not a fast-style model (format {raw.get('format')!r})")
+    return {key: json.loads(value) for key, value in raw.items()}
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerNet, dict[str, Any]]:
+    """Rebuild the network recorded in a model file, with its weights in fp32, in eval mode."""
+    metadata = read_metadata(path)
+    try:
+        net = TransformerNet(**metadata["model"])
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        net.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, SafetensorError) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise UserError(f"{path} does not match its recorded architecture {metadata['model']}: {first_line}") from e
+    return net.to(device).eval(), metadata
+
+
+class ExportCallback(pl.Callback):
+    """Exports the transformer to ``path`` at every Lightning checkpoint and at the end of training.
+
+    A file at ``path`` from anything but this run (resumed runs included) is never replaced unless
+    ``overwrite`` is set: training stops before its first step with one line that says so.
+    """
+
+    def __init__(
+        self, path: str, overwrite: bool = False, dtype: str = "float32", metadata: dict[str, Any] | None = None
+    ) -> None:
+        if dtype not in DTYPES:
+            raise UserError(f"export.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.path, self.overwrite, self.dtype = Path(path), overwrite, dtype
+        self.metadata = dict(metadata or {})
+        self.run_id = uuid.uuid4().hex
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run_id = state_dict["run_id"]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.path.exists():
+            return
+        try:
+            owner = read_metadata(self.path).get("run_id")
+        except UserError:
+            owner = None
+        if owner == self.run_id:
+            return
+        if not self.overwrite:
+            raise UserError(
+                f"{self.path} already exists and was not written by this run; "
+                f"set export.overwrite=true to replace it, or export.path=... to write elsewhere"
+            )
+        rank_zero_info(f"export: will overwrite {self.path} (export.overwrite=true)")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.export(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.export(trainer, pl_module)
+        rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
+
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        losses = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        metadata = {
+            **self.metadata,
+            "run_id": self.run_id,
+            "steps": trainer.global_step,
+            "losses": losses,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_model(pl_module.net, self.path, metadata, self.dtype)

@@ -1,0 +1,75 @@
+"""The LightningModule that trains a TransformerNet against a frozen perceptual loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchvision.utils import make_grid
+
+from fast_style.loss import PerceptualLoss
+from fast_style.network import TransformerNet
+
+
+class StyleTransferModule(pl.LightningModule):
+    """Trains ``net`` to minimise ``loss`` (whose style targets must already be set).
+
+    ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_``) taking the parameters /
+    the optimizer. With ``channels_last`` the networks and batches use NHWC memory layout, which is
+    what the fast bf16 convolution kernels on CPUs and tensor cores on GPUs want.
+    """
+
+    def __init__(
+        self,
+        net: TransformerNet,
+        loss: PerceptualLoss,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.channels_last = channels_last
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self.loss.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self._layout(images))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        batch = self._layout(batch)
+        terms = self.loss(self.net(batch), batch)
+        self.log("train/loss", terms["loss"], prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
+        return terms["loss"]
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        batch = self._layout(batch)
+        output = self.net(batch)
+        terms = self.loss(output, batch)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch))
+        # hp_metric: the number TensorBoard's HPARAMS tab shows next to each run's settings.
+        self.log("hp_metric", terms["loss"], batch_size=len(batch))
+        if batch_idx == 0 and isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
+            # Row 1: the validation photos; row 2: their stylisations.
+            grid = make_grid(torch.cat([batch, output]).float().clamp(0, 1).cpu(), nrow=len(batch), padding=4)
+            self.logger.experiment.add_image("val/stylized", grid, self.global_step)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,119 @@
+"""The image transformation network of Johnson et al. (2016), with the usual improvements as options.
+
+Images go in and come out as RGB in [0, 1]. The network pads any input to a multiple of 4 (the
+total downsampling factor) with reflection and crops the result back, so every input size keeps
+its size exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Norm = Literal["instance", "batch"]
+Upsample = Literal["transposed", "nearest"]
+NORMS = ("instance", "batch")
+UPSAMPLES = ("transposed", "nearest")
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.BatchNorm2d(channels)
+
+
+class ConvLayer(nn.Sequential):
+    """Reflection-padded convolution followed by normalisation and (optionally) ReLU."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, norm: Norm | None = "instance", relu: bool = True
+    ) -> None:
+        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        if norm is not None:
+            layers.append(_norm(norm, cout))
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 convolutions with an identity shortcut (no ReLU after the sum, as in Johnson et al.)."""
+
+    def __init__(self, channels: int, norm: Norm) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvLayer(channels, channels, 3, norm=norm),
+            ConvLayer(channels, channels, 3, norm=norm, relu=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class UpsampleLayer(nn.Sequential):
+    """Doubles the resolution: a stride-½ (transposed) convolution, or nearest upsampling + convolution.
+
+    Nearest + convolution avoids the checkerboard patterns that transposed convolutions can leave
+    (Odena et al. 2016).
+    """
+
+    def __init__(self, cin: int, cout: int, mode: Upsample, norm: Norm) -> None:
+        if mode == "transposed":
+            layers: list[nn.Module] = [
+                nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
+                _norm(norm, cout),
+                nn.ReLU(inplace=True),
+            ]
+        else:
+            layers = [nn.Upsample(scale_factor=2, mode="nearest"), ConvLayer(cin, cout, 3, norm=norm)]
+        super().__init__(*layers)
+
+
+class TransformerNet(nn.Module):
+    """Feed-forward style network: 3 downsampling convs, 5 residual blocks, 2 upsampling layers, tanh.
+
+    ``width`` scales every channel count (0.5 gives a light model with about a quarter of the
+    parameters and compute).
+    """
+
+    def __init__(
+        self, norm: Norm = "instance", upsample: Upsample = "transposed", width: float = 1.0, residual_blocks: int = 5
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"model.upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
+        if not 0 < width <= 4:
+            raise ValueError(f"model.width must be in (0, 4], got {width!r}")
+        self.norm, self.upsample, self.width, self.residual_blocks = norm, upsample, float(width), residual_blocks
+        c1, c2, c3 = (max(4, round(c * width)) for c in (32, 64, 128))
+        self.encoder = nn.Sequential(
+            ConvLayer(3, c1, 9, norm=norm),
+            ConvLayer(c1, c2, 3, stride=2, norm=norm),
+            ConvLayer(c2, c3, 3, stride=2, norm=norm),
+        )
+        self.residuals = nn.Sequential(*(ResidualBlock(c3, norm) for _ in range(residual_blocks)))
+        self.decoder = nn.Sequential(
+            UpsampleLayer(c3, c2, upsample, norm),
+            UpsampleLayer(c2, c1, upsample, norm),
+            ConvLayer(c1, 3, 9, norm=None, relu=False),
+        )
+
+    def config(self) -> dict[str, object]:
+        """The constructor arguments: enough to rebuild this architecture from an exported file."""
+        return {"norm": self.norm, "upsample": self.upsample, "width": self.width, "residual_blocks": self.residual_blocks}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a batch of RGB images in [0, 1] (N, 3, H, W) to stylised images in [0, 1] of the same size."""
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % 4, -w % 4
+        if pad_h or pad_w:
+            # Reflection padding needs pad < size; replicate covers the rare tiny-image case.
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        y = self.decoder(self.residuals(self.encoder(x)))
+        return ((torch.tanh(y) + 1) / 2)[..., :h, :w]

@@ -1,0 +1,68 @@
+"""Builds everything a training run needs from the Hydra config and runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fast_style.config import check_config
+from fast_style.export import AtomicCheckpointIO, ExportCallback
+from fast_style.module import StyleTransferModule
+from fast_style.style import as_list, file_sha256, load_style_image
+
+
+def build_module(cfg: DictConfig) -> StyleTransferModule:
+    """Transformer + perceptual loss with its style targets set + optimiser factories."""
+    images = as_list(cfg.style.image)
+    style_tensors = [load_style_image(path, cfg.style.size) for path in images]
+    loss = instantiate(cfg.loss)
+    loss.set_style(style_tensors, cfg.style.get("blend"))
+    return StyleTransferModule(
+        net=instantiate(cfg.model),
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        channels_last=cfg.channels_last,
+    )
+
+
+def export_metadata(cfg: DictConfig) -> dict[str, Any]:
+    """What a model file records about how it was trained (the weights record the rest)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return {
+        "style": {
+            "name": cfg.style.name,
+            "images": [{"path": str(p), "sha256": file_sha256(p)} for p in as_list(cfg.style.image)],
+            "size": cfg.style.size,
+            "blend": container["style"].get("blend"),
+        },
+        "loss": container["loss"],
+        "data": {k: v for k, v in container["data"].items() if not k.startswith("_")},
+        "config": container,
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train one style network as configured; returns the final logged metrics."""
+    check_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=True)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    callbacks.append(ExportCallback(**cfg.export, metadata=export_metadata(cfg)))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    # Every setting becomes a TensorBoard hparam, so runs can be compared side by side.
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
