@@ -1,7 +1,7 @@
 """Per-style model files: the transformer's weights plus metadata in one ``.safetensors`` file.
 
 safetensors holds only tensors and strings, so loading a model file can never run code. Metadata
-values are JSON strings: ``format``, ``model`` (TransformerNet arguments), and whatever the trainer
+values are JSON strings (but ``format``, a plain string): ``format``, ``model`` (TransformerNet arguments), and whatever the trainer
 records (style, loss, data, config, steps, losses, date, run_id).
 """
 
@@ -83,9 +83,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable .safetensors model file ({e}); re-export or re-download it") from e
-    if raw.get("format") != json.dumps(FORMAT):
+    if raw.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a fast-style model (format {raw.get('format')!r})")
-    return {key: json.loads(value) for key, value in raw.items()}
+    return {key: value if key == "format" else json.loads(value) for key, value in raw.items()}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerNet, dict[str, Any]]:

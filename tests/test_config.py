@@ -1,0 +1,97 @@
+"""Hydra configs: every style composes, groups build their objects, user mistakes get one clear line."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fast_style.config import CONFIG_DIR, check_config, resolve_style_argument, style_names
+from fast_style.errors import UserError
+from fast_style.network import TransformerNet
+
+BUNDLED = ["composition_vii", "starry_night", "the_scream", "udnie", "wave"]
+
+
+def compose_train(*overrides: str, data_root: str | None = "/photos"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"data.root={data_root}"] * bool(data_root) + list(overrides))
+
+
+def test_the_seven_styles_have_configs():
+    assert style_names() == sorted([*BUNDLED, "candy", "mosaic"])
+
+
+@pytest.mark.parametrize("name", style_names())
+def test_every_style_config_composes_with_its_own_weights(name):
+    cfg = compose_train(f"style={name}")
+    check_config(cfg)
+    assert cfg.style.name == name
+    assert Path(cfg.style.image).name == f"{name}.jpg"
+    assert cfg.export.path == f"checkpoints/{name}.safetensors"
+    assert cfg.loss.style_weight > 0 and cfg.loss.content_weight > 0
+    if name in BUNDLED:
+        assert Path(cfg.style.image).is_file()
+
+
+def test_command_line_overrides_beat_the_style_files_weights():
+    cfg = compose_train("style=wave", "loss.style_weight=123.0")
+    assert cfg.loss.style_weight == 123.0
+
+
+def test_model_group_builds_the_network_with_its_options():
+    net = instantiate(compose_train("model.upsample=nearest", "model.width=0.5").model)
+    assert isinstance(net, TransformerNet) and net.config()["upsample"] == "nearest" and net.width == 0.5
+    assert instantiate(compose_train("model=light").model).width == 0.5
+
+
+def test_quickstart_trains_on_the_bundled_photos():
+    cfg = compose_train("experiment=quickstart", data_root=None)
+    assert Path(cfg.data.root).is_dir() and cfg.trainer.max_steps <= 500
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
+def test_trainer_configs_compose(trainer):
+    cfg = compose_train(f"trainer={trainer}")
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    assert cfg.trainer.precision in {"bf16-mixed", "16-mixed", "32-true"}
+
+
+def test_a_new_style_name_with_an_image_becomes_the_custom_style():
+    argv = resolve_style_argument(["train.py", "style=my_style", "style.image=/x.jpg"])
+    assert argv == ["train.py", "style=custom", "style.name=my_style", "style.image=/x.jpg"]
+    cfg = compose_train(*argv[1:])
+    assert cfg.style.name == "my_style" and cfg.style.image == "/x.jpg"
+
+
+def test_known_styles_and_sweeps_pass_through_unchanged():
+    argv = ["train.py", "-m", "style=starry_night,wave", "loss.style_weight=1e5,3e5"]
+    assert resolve_style_argument(argv) == argv
+
+
+def test_an_unknown_style_without_an_image_lists_the_choices():
+    with pytest.raises(UserError, match="unknown style 'nope'.*starry_night.*style.image=PATH"):
+        resolve_style_argument(["train.py", "style=nope"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=four", "data.batch_size='four' is not an integer"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5 is not an integer"),
+        ("loss.style_weight=lots", "loss.style_weight='lots' is not an integer or a number"),
+        ("export.overwrite=yes", "export.overwrite='yes' is not true or false"),
+        ("model.width=true", "model.width=True is not"),
+    ],
+)
+def test_values_of_the_wrong_type_are_one_clear_line(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        check_config(compose_train(override))
+
+
+def test_missing_data_root_says_which_key_to_set():
+    cfg = compose_train(data_root=None)
+    assert OmegaConf.is_missing(cfg.data, "root")
+    with pytest.raises(UserError, match="data.root is not set"):
+        check_config(cfg)

@@ -1,0 +1,73 @@
+"""Per-style model files: round trip, metadata, atomic writes, clear errors for bad files."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fast_style.errors import UserError
+from fast_style.export import atomic_path, load_model, read_metadata, save_model
+from fast_style.network import TransformerNet
+
+from .conftest import photo
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    net = TransformerNet(upsample="nearest", width=0.5).eval()
+    path = tmp_path / "style.safetensors"
+    save_model(net, path, {"style": {"name": "wave"}, "steps": 7})
+    loaded, meta = load_model(path)
+    x = photo(size=64)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert meta["model"] == net.config() and meta["style"]["name"] == "wave" and meta["steps"] == 7
+
+
+def test_float16_files_are_half_the_size_and_nearly_identical(tmp_path):
+    net = TransformerNet().eval()
+    save_model(net, tmp_path / "a.safetensors")
+    save_model(net, tmp_path / "b.safetensors", dtype="float16")
+    assert (tmp_path / "b.safetensors").stat().st_size < 0.55 * (tmp_path / "a.safetensors").stat().st_size
+    half, _ = load_model(tmp_path / "b.safetensors")
+    x = photo(size=64)
+    with torch.no_grad():
+        assert (net(x) - half(x)).abs().max() < 2 / 255
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half-writ")
+        raise RuntimeError("crash mid-write")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_missing_corrupt_truncated_and_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="not a readable"):
+        load_model(tmp_path / "junk.safetensors")
+    good = tmp_path / "good.safetensors"
+    save_model(TransformerNet(width=0.25), good)
+    (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(UserError, match="not a readable"):
+        load_model(tmp_path / "cut.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"), metadata={"x": "1"})
+    with pytest.raises(UserError, match="not a fast-style model"):
+        read_metadata(tmp_path / "foreign.safetensors")
+
+
+def test_weights_that_do_not_match_the_recorded_architecture_are_a_clear_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(TransformerNet(width=0.5), path)
+    # Rewrite the metadata to claim a full-width network.
+    meta = read_metadata(path)
+    meta["model"]["width"] = 1.0
+    raw = {k: v if k == "format" else json.dumps(v) for k, v in meta.items()}
+    save_file(load_file(str(path)), str(path), metadata=raw)
+    with pytest.raises(UserError, match="does not match its recorded architecture"):
+        load_model(path)

@@ -1,0 +1,59 @@
+"""The transformation network: sizes, options, gradients."""
+
+import pytest
+import torch
+
+from fast_style.network import TransformerNet
+
+
+@pytest.mark.parametrize(("h", "w"), [(64, 64), (128, 96), (256, 132), (36, 20)])
+def test_sizes_that_are_multiples_of_four_are_kept_exactly(h, w):
+    out = TransformerNet()(torch.rand(2, 3, h, w))
+    assert out.shape == (2, 3, h, w)
+
+
+@pytest.mark.parametrize(("h", "w"), [(65, 63), (517 // 4, 383 // 4), (9, 13)])
+def test_any_other_size_is_kept_too(h, w):
+    assert TransformerNet()(torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+@pytest.mark.parametrize("upsample", ["transposed", "nearest"])
+def test_options_build_working_networks_with_outputs_in_image_range(norm, upsample):
+    net = TransformerNet(norm=norm, upsample=upsample)
+    out = net(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_instance_norm_is_the_default_and_nearest_upsampling_has_no_transposed_convs():
+    default = TransformerNet()
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in default.modules())
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in default.modules())
+    nearest = TransformerNet(upsample="nearest")
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in nearest.modules())
+
+
+def test_half_width_is_a_light_model():
+    full = sum(p.numel() for p in TransformerNet().parameters())
+    light = sum(p.numel() for p in TransformerNet(width=0.5).parameters())
+    assert 0.2 < light / full < 0.3  # channel counts halve, so parameters shrink about 4x
+
+
+def test_gradients_reach_every_parameter():
+    net = TransformerNet()
+    net(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("bad", [{"norm": "layer"}, {"upsample": "bilinear"}, {"width": 0}])
+def test_bad_options_are_rejected_with_the_key_name(bad):
+    with pytest.raises(ValueError, match="model\\."):
+        TransformerNet(**bad)
+
+
+def test_config_round_trips_the_architecture():
+    net = TransformerNet(norm="batch", upsample="nearest", width=0.5)
+    twin = TransformerNet(**net.config())
+    twin.load_state_dict(net.state_dict())  # same architecture: every key and shape matches

@@ -1,0 +1,157 @@
+"""End to end through train.py, as users run it: learning, TensorBoard, export, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fast_style.export import load_model, read_metadata
+from fast_style.network import TransformerNet
+
+from .conftest import FAST, photo, run_train
+
+pytestmark = pytest.mark.slow
+
+COSINE = ("scheduler=cosine", "scheduler.T_max=40")
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    (event_file,) = run_dir.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def only_run(logs: Path) -> Path:
+    (run_dir,) = [p for p in (logs / "starry_night").iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One short real run: 30 steps on the bundled photos, checkpoints every 10, validation every 15."""
+    cwd = tmp_path_factory.mktemp("train")
+    run_train(
+        cwd, *FAST, *COSINE,
+        "trainer.max_steps=30", "trainer.log_every_n_steps=1", "trainer.val_check_interval=15",
+        "callbacks.model_checkpoint.every_n_train_steps=10", "export.path=model.safetensors",
+        "optimizer.lr=3e-3",
+    )  # fmt: skip
+    return cwd
+
+
+def test_training_reduces_the_style_loss(trained):
+    style = [e.value for e in events(only_run(trained / "logs")).Scalars("train/style")]
+    assert len(style) == 30
+    first, last = sum(style[:3]) / 3, sum(style[-3:]) / 3
+    assert last < 0.7 * first, f"style loss went from {first:.3f} to {last:.3f}"
+
+
+def test_tensorboard_gets_losses_per_layer_images_and_hparams(trained):
+    acc = events(only_run(trained / "logs"))
+    scalars = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/content", "train/style", "train/tv", "val/loss", "hp_metric", "lr-Adam"}
+    expected |= {f"train/style/{layer}" for layer in ("relu1_2", "relu2_2", "relu3_4", "relu4_4")}
+    assert expected <= scalars
+    images = acc.Images("val/stylized")
+    assert [i.step for i in images] == [15, 30]
+    assert images[0].width > images[0].height  # a grid: photos in row 1, stylisations in row 2
+    assert acc.PluginTagToContent("hparams")  # settings in TensorBoard's HPARAMS tab
+
+
+def test_lightning_checkpoints_every_k_steps_plus_last(trained):
+    names = sorted(p.name for p in (only_run(trained / "logs") / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step000010.ckpt", "step000020.ckpt", "step000030.ckpt"]
+
+
+def test_exported_model_reproduces_the_trained_network(trained):
+    net, meta = load_model(trained / "model.safetensors")
+    assert meta["steps"] == 30 and meta["style"]["name"] == "starry_night"
+    assert len(meta["style"]["images"][0]["sha256"]) == 64
+    assert meta["loss"]["network"] == "vgg19" and "train/loss" in meta["losses"]
+    ckpt = torch.load(only_run(trained / "logs") / "checkpoints" / "last.ckpt", weights_only=True)
+    reference = TransformerNet(**meta["model"])
+    reference.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
+    x = photo(size=64)
+    with torch.no_grad():
+        assert torch.equal(net(x), reference.eval()(x))
+
+
+def test_resume_continues_step_count_and_lr_schedule(trained):
+    first = only_run(trained / "logs")
+    run_train(
+        trained, *FAST, *COSINE, "trainer.max_steps=40", "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=15", "export.path=model.safetensors",
+        "optimizer.lr=3e-3", f"ckpt_path={first}/checkpoints/step000020.ckpt",
+    )  # fmt: skip
+    (second,) = [p for p in (trained / "logs" / "starry_night").iterdir() if p != first]
+    resumed = events(second)
+    steps = [e.step for e in resumed.Scalars("train/loss")]
+    assert steps[0] == 20 and steps[-1] == 39  # Lightning logs step k as k-1 after the optimiser step
+    lr_first = {e.step: e.value for e in events(first).Scalars("lr-Adam")}
+    lr_resumed = {e.step: e.value for e in resumed.Scalars("lr-Adam")}
+    for step in range(20, 30):
+        assert lr_resumed[step] == pytest.approx(lr_first[step], rel=1e-6)
+    # The resumed run may update its own export (same run id) and records the total steps.
+    assert read_metadata(trained / "model.safetensors")["steps"] == 40
+
+
+def test_an_existing_model_file_is_never_overwritten(trained, tmp_path):
+    target = tmp_path / "precious.safetensors"
+    shutil.copy(trained / "model.safetensors", target)
+    before = target.read_bytes()
+    result = run_train(tmp_path, *FAST, "trainer.max_steps=2", f"export.path={target}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {target} already exists")
+    assert "Traceback" not in result.stderr
+    assert target.read_bytes() == before
+    run_train(tmp_path, *FAST, "trainer.max_steps=2", f"export.path={target}", "export.overwrite=true")
+    assert read_metadata(target)["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("style.image=/nowhere/painting.jpg",), "style image /nowhere/painting.jpg does not exist"),
+        (("data.root=/nowhere",), "data.root=/nowhere is not a folder"),
+        (("data.root={empty}",), "holds no .jpg/.jpeg/.png/.webp images"),
+        (("style=nope",), "unknown style 'nope'"),
+        (("data.batch_size=four",), "data.batch_size='four' is not an integer"),
+        (("model.norm=layer",), "model.norm must be one of instance, batch"),
+    ],
+)
+def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
+    (tmp_path / "empty").mkdir()
+    overrides = tuple(o.format(empty=tmp_path / "empty") for o in overrides)
+    result = run_train(tmp_path, *FAST, "trainer.max_steps=1", *overrides, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_new_style_trains_from_any_image(tmp_path):
+    painting = Path(__file__).parents[1] / "data" / "styles" / "wave.jpg"
+    run_train(tmp_path, *FAST, "style=my_wave", f"style.image={painting}", "trainer.max_steps=2")
+    meta = read_metadata(next((tmp_path / "logs" / "my_wave").glob("*/my_wave.safetensors")))
+    assert meta["style"]["name"] == "my_wave" and meta["steps"] == 2
+
+
+def test_sweeps_give_one_run_folder_per_setting(tmp_path):
+    run_train(tmp_path, "-m", *FAST, "trainer.max_steps=2", "loss.style_weight=1.0,50.0")
+    runs = sorted((tmp_path / "logs" / "multirun").glob("*/starry_night/*"))
+    assert [r.name for r in runs] == ["0_loss.style_weight=1.0", "1_loss.style_weight=50.0"]
+    assert all(list(r.glob("events.out.tfevents.*")) for r in runs)
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    run_train(
+        tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.precision=32-true", "trainer.max_steps=3", "export.path=model.safetensors",
+    )  # fmt: skip
+    assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
+    assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1  # rank zero logs alone

