@@ -116,10 +116,17 @@ def main() -> None:
     rows = [
         ("straightforward", "vgg16 johnson", "fp32, NCHW", straightforward_step(batch, style)),
         ("fast-style", "vgg16 johnson", f"{precision}, channels_last", our_step(batch, style, "vgg16", precision)),
-        ("fast-style", "vgg19 johnson (default)", f"{precision}, channels_last", our_step(batch, style, "vgg19", precision)),
+        (
+            "fast-style",
+            "vgg19 johnson (default)",
+            f"{precision}, channels_last",
+            our_step(batch, style, "vgg19", precision),
+        ),
     ]
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads;"
-          f" batch {args.batch} x {args.size}x{args.size}, mean of {args.steps} steps after 1 warm-up")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads;"
+        f" batch {args.batch} x {args.size}x{args.size}, mean of {args.steps} steps after 1 warm-up"
+    )
     print("| loop | loss network | precision, layout | s/step | images/s |")
     print("|---|---|---|---|---|")
     times = []

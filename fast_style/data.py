@@ -23,7 +23,9 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
         raise UserError(f"{what}={root} is not a folder; point {what} at a folder of photos (e.g. COCO's train2017)")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not paths:
-        raise UserError(f"{what}={root} holds no {'/'.join(IMAGE_EXTENSIONS)} images; point {what} at a folder of photos")
+        raise UserError(
+            f"{what}={root} holds no {'/'.join(IMAGE_EXTENSIONS)} images; point {what} at a folder of photos"
+        )
     return paths
 
 
@@ -82,17 +84,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
         to_float = v2.ToDtype(torch.float32, scale=True)
         self.train_set = ImageFiles(
             list_images(self.root),
-            v2.Compose([
-                v2.ToImage(),
-                v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),
-                v2.RandomHorizontalFlip(),
-                to_float,
-            ]),
+            v2.Compose(
+                [
+                    v2.ToImage(),
+                    v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),
+                    v2.RandomHorizontalFlip(),
+                    to_float,
+                ]
+            ),
         )
         val_paths = list_images(self.val_root, "data.val_root")[: self.val_max_images] if self.val_root else []
         self.val_set = ImageFiles(
             val_paths,
-            v2.Compose([v2.ToImage(), v2.Resize(self.val_size, antialias=True), v2.CenterCrop(self.val_size), to_float]),
+            v2.Compose(
+                [v2.ToImage(), v2.Resize(self.val_size, antialias=True), v2.CenterCrop(self.val_size), to_float]
+            ),
         )
 
     def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[torch.Tensor]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Something the user can fix; the message says what is wrong and what to do."""
 
 
@@ -16,7 +16,7 @@ def exit_on_user_error(exit_code: int = 2) -> Iterator[None]:
     """Turn a UserError (also one wrapped by Hydra's instantiate) into ``error: ...`` and an exit code."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - we re-raise everything that is not a user error
+    except Exception as e:
         cause: BaseException | None = e
         while cause is not None and not isinstance(cause, UserError):
             cause = cause.__cause__

