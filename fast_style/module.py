@@ -67,6 +67,10 @@ class StyleTransferModule(pl.LightningModule):
             grid = make_grid(torch.cat([batch, output]).float().clamp(0, 1).cpu(), nrow=len(batch), padding=4)
             self.logger.experiment.add_image("val/stylized", grid, self.global_step)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The architecture, so a training checkpoint can be used for stylizing (fast_style.inference).
+        checkpoint["fast_style_model"] = self.net.config()
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.net.parameters())
         if self.scheduler_factory is None:

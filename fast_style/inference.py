@@ -1,0 +1,284 @@
+"""Stylizing photos with a trained per-style model: one forward pass per image.
+
+from fast_style import Stylizer
+stylized = Stylizer.load("starry_night")(Image.open("photo.jpg"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
+from fast_style.errors import UserError
+from fast_style.export import load_model
+from fast_style.network import TransformerNet
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# ITU-R BT.601 full-range RGB → YCbCr (the JPEG convention), on [0, 1] values.
+RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device={device} but no CUDA GPU is visible; use device=auto or device=cpu")
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """``auto``: the fastest precision that is safe on the device (bf16 only where it is native)."""
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")
+        return PRECISIONS[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def find_model(style: str | Path) -> Path:
+    """A model path as given, or a style name looked up as ``checkpoints/<name>.safetensors``
+    in the current folder, then in the fast-style checkout."""
+    text = str(style)
+    if text.endswith((".safetensors", ".ckpt")) or "/" in text:
+        return Path(text).expanduser()
+    candidates = [Path("checkpoints") / f"{text}.safetensors", PROJECT_ROOT / "checkpoints" / f"{text}.safetensors"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        f"no model for style {text!r} ({candidates[0]} does not exist); train one with "
+        f"python train.py style={text} data.root=PHOTOS, or pass style=path/to/model.safetensors"
+    )
+
+
+def load_lightning_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
+    """The transformer from a training checkpoint, read with ``weights_only=True`` (no arbitrary unpickling)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a loadable Lightning checkpoint of plain tensors ({first_line})") from e
+    if not isinstance(checkpoint, dict) or "fast_style_model" not in checkpoint:
+        raise UserError(f"{path} is not a fast-style training checkpoint (no 'fast_style_model' entry)")
+    config = checkpoint["fast_style_model"]
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    try:
+        net = TransformerNet(**config)
+        net.load_state_dict(state)
+    except (TypeError, RuntimeError) as e:
+        raise UserError(f"{path} does not match its recorded architecture {config}") from e
+    return net.eval(), {"model": config, "steps": checkpoint.get("global_step")}
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and
+    16-bit images converted; transparency kept as an alpha channel."""
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except FileNotFoundError as e:
+        raise UserError(f"{path} does not exist") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path} is not a readable image ({e})") from e
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float32)
+        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / full_scale * 255 + 0.5, 0, 255).astype(np.uint8))
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB(A) PIL image → (1, 3, H, W) float in [0, 1] (alpha dropped)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    array = (tensor[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Keep the content's colours: the stylized luminance (Y) with the content's chroma (Cb, Cr)."""
+    matrix = RGB_TO_YCBCR.to(stylized)
+    y = torch.einsum("ij,njhw->nihw", matrix[:1], stylized)
+    cbcr = torch.einsum("ij,njhw->nihw", matrix[1:], content)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(matrix), torch.cat([y, cbcr], 1)).clamp(0, 1)
+
+
+class Stylizer:
+    """A loaded per-style model on a device, ready to stylize images of any size."""
+
+    def __init__(
+        self, net: TransformerNet, metadata: dict[str, Any], device: str = "auto", precision: str = "auto"
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_precision(self.device, precision)
+        self.net = net.eval().to(self.device)
+        self.metadata = metadata
+        self.name = str(metadata.get("style", {}).get("name", "style"))
+
+    @classmethod
+    def load(cls, style: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
+        """From a style name (``checkpoints/<name>.safetensors``), a ``.safetensors`` model file,
+        or a Lightning ``.ckpt`` training checkpoint."""
+        path = find_model(style)
+        if path.suffix == ".ckpt":
+            if not path.is_file():
+                raise UserError(f"checkpoint {path} does not exist")
+            net, metadata = load_lightning_checkpoint(path)
+            metadata["style"] = {"name": path.stem}
+        else:
+            net, metadata = load_model(path)
+        metadata["path"] = str(path)
+        return cls(net, metadata, device, precision)
+
+    @torch.no_grad()
+    def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] → stylized (N, 3, H, W) in [0, 1], float32, on the input's device."""
+        x = images.to(self.device, torch.float32)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.net(x)
+        return out.float().to(images.device)
+
+    def __call__(
+        self, image: Image.Image, strength: float = 1.0, keep_color: bool = False, max_size: int | None = None
+    ) -> Image.Image:
+        """Stylize one PIL image; the result has the same size (after ``max_size``) and alpha channel.
+
+        ``strength`` blends with the original (0 = the photo, 1 = fully stylized); ``keep_color``
+        keeps the photo's colours and takes only the luminance of the stylization.
+        """
+        if not 0 <= strength <= 1:
+            raise UserError(f"strength must be between 0 and 1, got {strength}")
+        if max_size is not None and max(image.size) > max_size:
+            image = image.copy()
+            image.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+        content = to_tensor(image)
+        out = self.stylize_tensor(content)
+        if keep_color:
+            out = preserve_color(out, content)
+        out = strength * out + (1 - strength) * content
+        result = to_image(out)
+        if image.mode in ("RGBA", "LA"):
+            result.putalpha(image.getchannel("A"))
+        return result
+
+
+def find_inputs(spec: str) -> list[Path]:
+    """A file, a folder (its images, recursively), or a glob pattern."""
+    from fast_style.data import IMAGE_EXTENSIONS
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        anchor = Path(path.anchor) if path.is_absolute() else Path()
+        found = sorted(p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file())
+    if not found:
+        raise UserError(
+            f"input={spec} matches no image file; give a file, a folder of images, or a glob like 'photos/*.jpg'"
+        )
+    return found
+
+
+def output_path(source: Path, style: str, output: Path, single: bool) -> Path:
+    """``output`` itself for one image and one style when it has a suffix, else ``output/<stem>_<style><ext>``."""
+    if single and output.suffix:
+        return output
+    return output / f"{source.stem}_{style}{source.suffix.lower()}"
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported)."""
+    from fast_style.export import atomic_path
+
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    if fmt == "JPEG" and image.mode != "RGB":
+        image = image.convert("RGB")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+
+
+def stylize_files(
+    styles: list[str],
+    input: str,
+    output: str,
+    device: str = "auto",
+    precision: str = "auto",
+    max_size: int | None = None,
+    preserve_color: bool = False,
+    strength: float = 1.0,
+    overwrite: bool = False,
+) -> int:
+    """Stylize every input image with every style; returns the number of images that failed.
+
+    Nothing is overwritten without ``overwrite``, and an input file never is. A bad image is reported
+    and skipped, and the rest go on.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not 0 <= strength <= 1:
+        raise UserError(f"strength must be between 0 and 1, got {strength}")
+    sources = find_inputs(input)
+    stylizers = [Stylizer.load(style, device, precision) for style in styles]
+    out = Path(output).expanduser()
+    single = len(sources) == 1 and len(stylizers) == 1
+    plan = [(src, s, output_path(src, s.name, out, single)) for src in sources for s in stylizers]
+    inputs = {src.resolve() for src in sources}
+    if clash := next((dst for _, _, dst in plan if dst.resolve() in inputs), None):
+        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
+    if not overwrite and (existing := [dst for _, _, dst in plan if dst.exists()]):
+        raise UserError(
+            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
+        )
+
+    failed: dict[Path, str] = {}
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, TextColumn("{task.fields[rate]}"), transient=True) as progress:
+        task = progress.add_task("stylizing", total=len(plan), rate="")
+        for src, stylizer, dst in plan:
+            try:
+                if src not in failed:
+                    save_image(stylizer(read_image(src), strength, preserve_color, max_size), dst)
+            except UserError as e:
+                failed[src] = str(e)
+                progress.console.print(f"skipped: {e}")
+            progress.advance(task)
+            done = progress.tasks[0].completed
+            progress.update(task, rate=f"{done / (time.perf_counter() - start):.2f} img/s")
+    seconds = time.perf_counter() - start
+    written = len(plan) - len(failed) * len(stylizers)
+    print(
+        f"stylized {written} image(s) with {', '.join(s.name for s in stylizers)} in {seconds:.1f} s "
+        f"({written / seconds:.2f} img/s) → {out}" + (f"; {len(failed)} unreadable input(s) skipped" if failed else "")
+    )
+    return len(failed)

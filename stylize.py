@@ -1,0 +1,34 @@
+"""Stylize photos with trained per-style models: ``python stylize.py style=starry_night input=photo.jpg``.
+
+See README.md and configs/stylize.yaml for every option.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from fast_style.errors import exit_on_user_error
+from fast_style.inference import stylize_files
+
+
+@hydra.main(version_base="1.3", config_path="configs/stylize", config_name="stylize")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        styles = list(cfg.style) if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
+        failed = stylize_files(
+            styles,
+            str(cfg.input),
+            str(cfg.output),
+            device=cfg.device,
+            precision=cfg.precision,
+            max_size=cfg.max_size,
+            preserve_color=cfg.preserve_color,
+            strength=cfg.strength,
+            overwrite=cfg.overwrite,
+        )
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Stylizing: any size and image mode, colour and strength controls, safe loading, stylize.py's contract."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fast_style import Stylizer
+from fast_style.errors import UserError
+from fast_style.export import save_model
+from fast_style.inference import RGB_TO_YCBCR, read_image, to_tensor
+from fast_style.network import TransformerNet
+
+from .conftest import ROOT, SAMPLES
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A small real network (random weights are enough for geometry, modes and controls)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_model(TransformerNet(width=0.25), path, {"style": {"name": "tiny"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def stylizer(model_file) -> Stylizer:
+    return Stylizer.load(model_file, device="cpu", precision="fp32")
+
+
+def sample(size: tuple[int, int] = (517, 383)) -> Image.Image:
+    return Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize(size)
+
+
+def test_odd_sizes_come_back_at_exactly_their_size(stylizer):
+    out = stylizer(sample((517, 383)))
+    assert out.size == (517, 383) and out.mode == "RGB"
+    assert np.asarray(out).std() > 1  # an image, not a constant
+
+
+def test_exif_rotated_portrait_photos_keep_their_displayed_orientation(stylizer, tmp_path):
+    path = tmp_path / "portrait.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90° (portrait)
+    sample((64, 48)).save(path, exif=exif)
+    image = read_image(path)
+    assert image.size == (48, 64)
+    assert stylizer(image).size == (48, 64)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "I;16"])
+def test_grayscale_cmyk_palette_rgba_and_16_bit_images_work(stylizer, tmp_path, mode):
+    base = sample((40, 36))
+    if mode == "I;16":
+        array = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        image = Image.fromarray(array)
+        assert image.mode == "I;16"
+    elif mode == "RGBA":
+        image = base.copy()
+        image.putalpha(Image.linear_gradient("L").resize(base.size))
+    else:
+        image = base.convert(mode)
+    suffix = ".jpg" if mode == "CMYK" else ".png"
+    image.save(tmp_path / f"in{suffix}")
+    loaded = read_image(tmp_path / f"in{suffix}")
+    out = stylizer(loaded)
+    assert out.size == (40, 36)
+    if mode == "RGBA":
+        assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[..., 3], np.asarray(image)[..., 3])
+    if mode == "I;16":  # 16-bit values are scaled to 8 bits, not clipped to white
+        assert np.abs(np.asarray(loaded.convert("L"), dtype=int) - np.asarray(base.convert("L"), dtype=int)).max() <= 1
+
+
+def test_strength_zero_returns_the_photo_and_half_is_between(stylizer):
+    photo = sample((64, 48))
+    assert np.array_equal(np.asarray(stylizer(photo, strength=0.0)), np.asarray(photo))
+    full = np.asarray(stylizer(photo), dtype=float)
+    half = np.asarray(stylizer(photo, strength=0.5), dtype=float)
+    assert np.abs(half - (full + np.asarray(photo, dtype=float)) / 2).max() <= 1
+
+
+def test_preserve_color_keeps_the_photos_chroma(stylizer):
+    photo = sample((96, 64))
+    content = to_tensor(photo)
+
+    def chroma(image: Image.Image) -> torch.Tensor:
+        return torch.einsum("ij,njhw->nihw", RGB_TO_YCBCR[1:], to_tensor(image))
+
+    plain, kept = stylizer(photo), stylizer(photo, keep_color=True)
+    target = chroma(photo)
+    assert (chroma(kept) - target).abs().mean() < 0.01
+    assert (chroma(plain) - target).abs().mean() > 3 * (chroma(kept) - target).abs().mean()
+    # ...while the luminance is the stylization's, not the photo's.
+    luma = torch.einsum("ij,njhw->nihw", RGB_TO_YCBCR[:1], to_tensor(kept))
+    assert (luma - torch.einsum("ij,njhw->nihw", RGB_TO_YCBCR[:1], content)).abs().mean() > 0.02
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": _Exploit(marker)}, f)
+    torch.save({"state_dict": {"x": _Exploit(marker)}}, tmp_path / "evil2.ckpt")
+    for path in (evil, tmp_path / "evil2.ckpt"):
+        with pytest.raises(UserError, match="not a loadable Lightning checkpoint"):
+            Stylizer.load(path)
+    assert not marker.exists()
+
+
+def test_an_unknown_style_name_says_how_to_get_a_model():
+    with pytest.raises(UserError, match=r"no model for style 'no_such_style'.*train\.py style=no_such_style"):
+        Stylizer.load("no_such_style")
+
+
+def run_stylize(cwd: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stylize.py"), *overrides], cwd=cwd, capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+def test_a_folder_with_a_corrupt_file_stylizes_the_rest_and_fails(model_file, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate([(64, 48), (50, 70)]):
+        sample(size).save(photos / f"p{i}.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = run_stylize(tmp_path, f"style={model_file}", f"input={photos}", "output=out", "precision=fp32")
+    assert result.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0_tiny.jpg", "p1_tiny.jpg"]
+    assert "broken.jpg" in result.stdout + result.stderr
+    assert "1 unreadable input(s) skipped" in result.stdout
+    assert Image.open(tmp_path / "out" / "p1_tiny.jpg").size == (50, 70)
+
+
+@pytest.mark.slow
+def test_existing_outputs_and_inputs_are_never_overwritten(model_file, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    sample((32, 32)).save(photo)
+    first = run_stylize(tmp_path, f"style={model_file}", f"input={photo}", "output=out.png")
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "out.png").read_bytes()
+    again = run_stylize(tmp_path, f"style={model_file}", f"input={photo}", "output=out.png")
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: 1 output file(s) exist")
+    assert (tmp_path / "out.png").read_bytes() == before
+    onto_input = run_stylize(tmp_path, f"style={model_file}", f"input={photo}", f"output={photo}", "overwrite=true")
+    assert onto_input.returncode == 2 and "would overwrite an input image" in onto_input.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("style=nope",), "no model for style 'nope'"),
+        (("input=/nowhere/*.jpg",), "matches no image file"),
+        (("strength=2",), "strength must be between 0 and 1"),
+        (("precision=fp8",), "precision must be"),
+    ],
+)
+def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, message):
+    args = [f"style={model_file}", f"input={SAMPLES}", *overrides]
+    result = run_stylize(tmp_path, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
+    assert message in result.stderr and "Traceback" not in result.stderr
