@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -29,15 +30,28 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
     return paths
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, with a clear error for a missing or unreadable file."""
+def read_image(path: str | Path) -> Image.Image:
+    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and
+    16-bit images converted; transparency kept as an alpha channel."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
     except FileNotFoundError as e:
         raise UserError(f"{path} does not exist") from e
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path} is not a readable image ({e})") from e
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float32)
+        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / full_scale * 255 + 0.5, 0, 255).astype(np.uint8))
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as upright 8-bit RGB (alpha dropped)."""
+    return read_image(path).convert("RGB")
 
 
 class ImageFiles(Dataset[torch.Tensor]):

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
+from fast_style.data import IMAGE_EXTENSIONS, read_image
 from fast_style.errors import UserError
-from fast_style.export import load_model
+from fast_style.export import atomic_path, load_model
 from fast_style.network import TransformerNet
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -84,25 +87,6 @@ def load_lightning_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any
     except (TypeError, RuntimeError) as e:
         raise UserError(f"{path} does not match its recorded architecture {config}") from e
     return net.eval(), {"model": config, "steps": checkpoint.get("global_step")}
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and
-    16-bit images converted; transparency kept as an alpha channel."""
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-    except FileNotFoundError as e:
-        raise UserError(f"{path} does not exist") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path} is not a readable image ({e})") from e
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float32)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / full_scale * 255 + 0.5, 0, 255).astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    return image.convert("RGBA" if has_alpha else "RGB")
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -190,8 +174,6 @@ class Stylizer:
 
 def find_inputs(spec: str) -> list[Path]:
     """A file, a folder (its images, recursively), or a glob pattern."""
-    from fast_style.data import IMAGE_EXTENSIONS
-
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
@@ -216,8 +198,6 @@ def output_path(source: Path, style: str, output: Path, single: bool) -> Path:
 
 def save_image(image: Image.Image, path: Path) -> None:
     """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported)."""
-    from fast_style.export import atomic_path
-
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     if fmt == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
@@ -241,10 +221,6 @@ def stylize_files(
     Nothing is overwritten without ``overwrite``, and an input file never is. A bad image is reported
     and skipped, and the rest go on.
     """
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
     sources = find_inputs(input)
