@@ -1,6 +1,6 @@
 """Training-step throughput: a straightforward fp32 loop (as in the reference implementations) vs ours.
 
-    python benchmarks/train_step.py [--steps 3] [--size 256] [--batch 4]
+    python benchmarks/train_step.py [--rounds 5] [--size 256] [--batch 4]
 
 Both loops train the same TransformerNet against the same loss network and layers (VGG16, johnson
 preset: content relu2_2, style relu1_2/2_2/3_3/4_3), so the ratio measures the engineering, not a
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -71,11 +72,15 @@ def straightforward_step(batch: torch.Tensor, style: torch.Tensor) -> Callable[[
     return step
 
 
-def our_step(batch: torch.Tensor, style: torch.Tensor, network: str, precision: str) -> Callable[[], None]:
+def our_step(
+    batch: torch.Tensor, style: torch.Tensor, network: str, precision: str, channels_last: bool = True
+) -> Callable[[], None]:
     """The body of StyleTransferModule.training_step plus the optimiser step, as Lightning runs it."""
     loss = PerceptualLoss(network, preset="johnson")
     loss.set_style([style])
-    module = StyleTransferModule(TransformerNet(), loss, optimizer=lambda params: torch.optim.Adam(params, 1e-3))
+    module = StyleTransferModule(
+        TransformerNet(), loss, optimizer=lambda params: torch.optim.Adam(params, 1e-3), channels_last=channels_last
+    )
     module.on_fit_start()  # channels_last
     optimizer = module.configure_optimizers()
     x = module._layout(batch)
@@ -93,17 +98,22 @@ def our_step(batch: torch.Tensor, style: torch.Tensor, network: str, precision: 
     return step
 
 
-def seconds_per_step(step: Callable[[], None], steps: int) -> float:
-    step()  # warm-up: allocator, oneDNN kernel selection
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+def median_seconds(steps: list[Callable[[], None]], rounds: int) -> list[float]:
+    """Median time of one step of each loop, timed round-robin so machine noise hits all loops alike."""
+    for step in steps:
+        step()  # warm-up: allocator, oneDNN kernel selection
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
@@ -116,6 +126,7 @@ def main() -> None:
     rows = [
         ("straightforward", "vgg16 johnson", "fp32, NCHW", straightforward_step(batch, style)),
         ("fast-style", "vgg16 johnson", f"{precision}, channels_last", our_step(batch, style, "vgg16", precision)),
+        ("fast-style", "vgg16 johnson", f"{precision}, NCHW", our_step(batch, style, "vgg16", precision, False)),
         (
             "fast-style",
             "vgg19 johnson (default)",
@@ -125,15 +136,13 @@ def main() -> None:
     ]
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads;"
-        f" batch {args.batch} x {args.size}x{args.size}, mean of {args.steps} steps after 1 warm-up"
+        f" batch {args.batch} x {args.size}x{args.size}; median of {args.rounds} round-robin steps after 1 warm-up"
     )
     print("| loop | loss network | precision, layout | s/step | images/s |")
     print("|---|---|---|---|---|")
-    times = []
-    for name, network, mode, step in rows:
-        seconds = seconds_per_step(step, args.steps)
-        times.append(seconds)
-        print(f"| {name} | {network} | {mode} | {seconds:.2f} | {args.batch / seconds:.2f} |", flush=True)
+    times = median_seconds([step for *_, step in rows], args.rounds)
+    for (name, network, mode, _), seconds in zip(rows, times):
+        print(f"| {name} | {network} | {mode} | {seconds:.2f} | {args.batch / seconds:.2f} |")
     print(f"ratio={times[0] / times[1]:.2f}")
 
 
