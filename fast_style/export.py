@@ -160,3 +160,57 @@ class ExportCallback(pl.Callback):
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         save_model(pl_module.net, self.path, metadata, self.dtype)
+
+
+def export_torchscript(net: TransformerNet, path: str | Path) -> None:
+    """A scripted (not traced) module: it keeps the pad-to-multiple-of-4 logic, so any size works."""
+    scripted = torch.jit.script(net.float().eval().to(memory_format=torch.contiguous_format))
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
+
+
+def export_onnx(net: TransformerNet, path: str | Path, opset: int = 18) -> None:
+    """ONNX with dynamic batch, height and width (sides of at least 8 px), input and output in [0, 1]."""
+    net = net.float().eval().to(memory_format=torch.contiguous_format)
+    example = torch.rand(1, 3, 64, 48)
+    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=8, max=16384)}
+    dims[3] = torch.export.Dim("width", min=8, max=16384)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            net, (example,), str(tmp), input_names=["image"], output_names=["stylized"],
+            dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False,
+        )  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    """``python -m fast_style.export style=NAME|PATH format=onnx|torchscript output=FILE [overwrite=true]``"""
+    from omegaconf import OmegaConf
+
+    from fast_style.inference import find_model
+
+    defaults = {"style": "starry_night", "format": "onnx", "output": None, "opset": 18, "overwrite": False}
+    try:
+        cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
+    except Exception as e:
+        raise UserError(f"could not read the arguments {argv} ({e}); use key=value pairs") from e
+    if cfg.format not in ("onnx", "torchscript"):
+        raise UserError(f"format must be onnx or torchscript, got {cfg.format!r}")
+    source = find_model(cfg.style)
+    net, _ = load_model(source)
+    output = Path(cfg.output or source.with_suffix(".onnx" if cfg.format == "onnx" else ".pt").name)
+    if output.exists() and not cfg.overwrite:
+        raise UserError(f"{output} exists already; pass overwrite=true to replace it or output=... to write elsewhere")
+    if cfg.format == "onnx":
+        export_onnx(net, output, cfg.opset)
+    else:
+        export_torchscript(net, output)
+    print(f"wrote {output} ({cfg.format}) from {source}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from fast_style.errors import exit_on_user_error
+
+    with exit_on_user_error():
+        main(sys.argv[1:])

@@ -117,10 +117,8 @@ class TransformerNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch of RGB images in [0, 1] (N, 3, H, W) to stylised images in [0, 1] of the same size."""
         h, w = x.shape[-2:]
-        pad_h, pad_w = -h % 4, -w % 4
-        if pad_h or pad_w:
-            # Reflection padding needs pad < size; replicate covers the rare tiny-image case.
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        # Always pad (by 0 where the side is already a multiple of 4): one graph for every size, which
+        # is what ONNX export with dynamic height/width needs. Reflection needs pad < side.
+        x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect" if min(h, w) >= 4 else "replicate")
         y = self.decoder(self.residuals(self.encoder(x)))
         return ((torch.tanh(y) + 1) / 2)[..., :h, :w]
