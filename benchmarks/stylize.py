@@ -4,7 +4,7 @@
 
 Each (loop, size) runs in its own process so that its peak memory (resident set size) is its own.
 Loops: `straightforward`: TransformerNet in fp32 eager under no_grad, NCHW; `ours`: Stylizer with its
-defaults (auto precision: bf16 where the CPU or GPU has it natively, else fp32; channels_last;
+defaults (auto precision: bf16 where the CPU or GPU has it natively, else fp32; channels_last with reduced precision;
 inference mode); `ours, light`: the same with model.width=0.5. Weights are random: speed does not
 depend on them. The last line is machine-readable: ratio_1024=<straightforward ms / ours ms>
 light_1024_ms=<ms>.

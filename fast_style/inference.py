@@ -116,8 +116,12 @@ class Stylizer:
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(self.device, precision)
-        # channels_last: the layout the fast (bf16/fp16, oneDNN and tensor-core) convolution kernels want.
-        self.net = net.eval().to(self.device, memory_format=torch.channels_last)
+        # channels_last suits the bf16/fp16 kernels (oneDNN, tensor cores); for fp32 on a CPU it measured
+        # slower (1024², AVX2-only EPYC: 6.9 s vs 5.6 s per image), so it is used only with reduced precision.
+        self.memory_format = torch.contiguous_format
+        if self.dtype != torch.float32 or self.device.type == "cuda":
+            self.memory_format = torch.channels_last
+        self.net = net.eval().to(self.device, memory_format=self.memory_format)
         self.metadata = metadata
         self.name = str(metadata.get("style", {}).get("name", "style"))
 
@@ -139,7 +143,7 @@ class Stylizer:
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] → stylized (N, 3, H, W) in [0, 1], float32, on the input's device."""
-        x = images.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
+        x = images.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32
