@@ -54,8 +54,16 @@ def load_rgb(path: str | Path) -> Image.Image:
     return read_image(path).convert("RGB")
 
 
-class ImageFiles(Dataset[torch.Tensor]):
-    """Images from a list of files, as float tensors in [0, 1] after ``transform``."""
+Sample = tuple[torch.Tensor | None, str]  # (image, "") or, for an unreadable file, (None, what is wrong)
+Batch = tuple[torch.Tensor, list[str]]  # the readable images, and one message per unreadable file
+
+
+class ImageFiles(Dataset[Sample]):
+    """Images from a list of files, as float tensors in [0, 1] after ``transform``.
+
+    An unreadable file does not raise (that would end a long run): it yields ``(None, reason)``,
+    which :func:`collate_readable` drops from the batch and reports.
+    """
 
     def __init__(self, paths: list[Path], transform: v2.Transform) -> None:
         self.paths, self.transform = paths, transform
@@ -63,8 +71,18 @@ class ImageFiles(Dataset[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_rgb(self.paths[index]))
+    def __getitem__(self, index: int) -> Sample:
+        try:
+            return self.transform(load_rgb(self.paths[index])), ""
+        except UserError as e:
+            return None, str(e)
+
+
+def collate_readable(samples: list[Sample]) -> Batch:
+    """Stack the readable images (possibly none) and list what was wrong with the others."""
+    images = [image for image, _ in samples if image is not None]
+    problems = [problem for image, problem in samples if image is None]
+    return (torch.stack(images) if images else torch.empty(0, 3, 0, 0)), problems
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -115,7 +133,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             ),
         )
 
-    def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[torch.Tensor]:
+    def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[Batch]:
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else len(dataset) or 1,
@@ -124,14 +142,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
             num_workers=self.num_workers if train else 0,
             persistent_workers=train and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_readable,
         )
 
-    def train_dataloader(self) -> DataLoader[torch.Tensor]:
+    def train_dataloader(self) -> DataLoader[Batch]:
         if len(self.train_set) < self.batch_size:
             raise UserError(
                 f"data.root={self.root} has {len(self.train_set)} images, fewer than data.batch_size={self.batch_size}"
             )
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader[torch.Tensor] | list:
+    def val_dataloader(self) -> DataLoader[Batch] | list:
         return self._loader(self.val_set, train=False) if len(self.val_set) else []

@@ -8,10 +8,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchvision.utils import make_grid
 
+from fast_style.data import Batch
 from fast_style.loss import PerceptualLoss
 from fast_style.network import TransformerNet
 
@@ -36,6 +38,7 @@ class StyleTransferModule(pl.LightningModule):
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.channels_last = channels_last
+        self.unreadable: set[str] = set()  # messages about files that could not be decoded (this process)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -48,15 +51,29 @@ class StyleTransferModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self._layout(images))
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        batch = self._layout(batch)
+    def _readable(self, batch: Batch) -> torch.Tensor:
+        """The batch's readable images; each unreadable file is reported once and counted."""
+        images, problems = batch
+        for problem in problems:
+            if problem not in self.unreadable:
+                self.unreadable.add(problem)
+                rank_zero_warn(f"skipping an unreadable training file: {problem}")
+        return self._layout(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        batch = self._readable(batch)
+        self.log("data/unreadable_files", float(len(self.unreadable)))
+        if not len(batch):
+            return None  # every file of this batch was unreadable: skip the step
         terms = self.loss(self.net(batch), batch)
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         return terms["loss"]
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        batch = self._layout(batch)
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        batch = self._readable(batch)
+        if not len(batch):
+            return
         output = self.net(batch)
         terms = self.loss(output, batch)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch))

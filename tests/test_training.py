@@ -167,3 +167,24 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     )  # fmt: skip
     assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
     assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1  # rank zero logs alone
+
+
+def test_unreadable_training_files_are_skipped_counted_and_logged(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    real = sorted((Path(__file__).parents[1] / "data" / "samples").glob("*.jpg"))[:4]
+    for path in real:
+        shutil.copy(path, photos)
+    (photos / "truncated.jpg").write_bytes(real[0].read_bytes()[:4000])
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "notes.jpg").write_text("not an image")
+    result = run_train(
+        tmp_path, *FAST, f"data.root={photos}", "data.batch_size=7", "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1", "export.path=model.safetensors",
+    )  # fmt: skip
+    assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
+    counts = [e.value for e in events(only_run(tmp_path / "logs")).Scalars("data/unreadable_files")]
+    assert counts == [3.0, 3.0, 3.0]
+    output = result.stdout + result.stderr
+    for name in ("truncated.jpg", "empty.png", "notes.jpg"):
+        assert output.count(f"skipping an unreadable training file: {photos / name}") == 1  # once each
