@@ -88,17 +88,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {key: value if key == "format" else json.loads(value) for key, value in raw.items()}
 
 
+def build_network(config: dict[str, Any], state: dict[str, torch.Tensor], source: str | Path) -> TransformerNet:
+    """``TransformerNet(**config)`` with ``state`` loaded in fp32, in eval mode; one clear line naming
+    ``source`` when the weights do not fit the recorded architecture."""
+    try:
+        net = TransformerNet(**config)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (TypeError, ValueError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise UserError(f"{source} does not match its recorded architecture {config}: {first_line}") from e
+    return net.eval()
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerNet, dict[str, Any]]:
     """Rebuild the network recorded in a model file, with its weights in fp32, in eval mode."""
     metadata = read_metadata(path)
     try:
-        net = TransformerNet(**metadata["model"])
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-        net.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError, SafetensorError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"{path} does not match its recorded architecture {metadata['model']}: {first_line}") from e
-    return net.to(device).eval(), metadata
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable .safetensors model file ({e}); re-export or re-download it") from e
+    return build_network(metadata["model"], state, path).to(device), metadata
 
 
 class ExportCallback(pl.Callback):

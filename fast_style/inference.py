@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
 from fast_style.data import IMAGE_EXTENSIONS, read_image
 from fast_style.errors import UserError
-from fast_style.export import atomic_path, load_model
+from fast_style.export import atomic_path, build_network, load_model
 from fast_style.network import TransformerNet
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -81,12 +81,7 @@ def load_lightning_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any
         raise UserError(f"{path} is not a fast-style training checkpoint (no 'fast_style_model' entry)")
     config = checkpoint["fast_style_model"]
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    try:
-        net = TransformerNet(**config)
-        net.load_state_dict(state)
-    except (TypeError, RuntimeError) as e:
-        raise UserError(f"{path} does not match its recorded architecture {config}") from e
-    return net.eval(), {"model": config, "steps": checkpoint.get("global_step")}
+    return build_network(config, state, path), {"model": config, "steps": checkpoint.get("global_step")}
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
