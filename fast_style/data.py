@@ -112,10 +112,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.image_size, self.crop_scale, self.batch_size = image_size, (low, high), batch_size
         self.num_workers, self.val_size, self.val_max_images = num_workers, val_size, val_max_images
 
+    def train_files(self) -> list[Path]:
+        """The training images; other sources (COCO, FiftyOne) override only this."""
+        return list_images(self.root)
+
     def setup(self, stage: str | None = None) -> None:
         to_float = v2.ToDtype(torch.float32, scale=True)
         self.train_set = ImageFiles(
-            list_images(self.root),
+            self.train_files(),
             v2.Compose(
                 [
                     v2.ToImage(),
