@@ -10,11 +10,14 @@ from omegaconf import DictConfig, ListConfig
 
 from fast_style.errors import exit_on_user_error
 from fast_style.inference import stylize_files
+from fast_style.optimize import check_method, optimize_argv, optimize_files
 
 
 @hydra.main(version_base="1.3", config_path="configs/stylize", config_name="stylize")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
+        if check_method(cfg) == "optimize":
+            sys.exit(1 if optimize_files(cfg) else 0)
         styles = list(cfg.style) if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
         failed = stylize_files(
             styles,
@@ -31,4 +34,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = optimize_argv(sys.argv)  # style.image=, loss=... for method=optimize
     main()

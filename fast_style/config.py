@@ -103,3 +103,28 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = " or ".join(TYPE_NAMES[t] for t in types)
             raise UserError(f"{key}={value!r} is not {expected}; fix it on the command line or in the config")
+
+
+def compose_train_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """``configs/train.yaml`` composed with ``overrides`` (``style=NAME``, ``style.image=...``, ``loss=gatys``,
+    ``loss.style_weight=5`` ...) exactly as train.py would see them: a style's image and its own loss weights.
+
+    Works inside a running Hydra app (stylize.py): its global state is set aside and restored.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = resolve_style_argument(list(overrides), config_dir)
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            return compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise UserError(f"could not apply {' '.join(overrides)} to the training config: {first_line}") from e
+    finally:
+        restore_gh_from_backup(backup)

@@ -130,12 +130,18 @@ class PerceptualLoss(nn.Module):
         """Content-layer features of the input photos: no graph, VGG run only up to the content layer."""
         return self.vgg(content, self.content_layers)
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, output: torch.Tensor, content: torch.Tensor, content_features: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """All loss terms for stylised ``output`` of ``content`` photos: 'loss' (weighted total),
-        'content', 'style', 'tv' (unweighted), and 'style/<layer>' (unweighted, per layer)."""
+        'content', 'style', 'tv' (unweighted), and 'style/<layer>' (unweighted, per layer).
+
+        ``content_features``: :meth:`content_targets` of ``content``, for callers that compare many
+        outputs with one photo (optimization-based stylization) and so compute them once.
+        """
         if not hasattr(self, f"target_gram_{self.style_layers[0]}"):
             raise RuntimeError("call set_style() before computing the loss")
-        targets = self.content_targets(content)
+        targets = self.content_targets(content) if content_features is None else content_features
         features = self.vgg(output, self.content_layers + self.style_layers)
         terms: dict[str, torch.Tensor] = {}
         terms["content"] = sum(

@@ -13,19 +13,25 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from fast_style.config import check_config
 from fast_style.export import AtomicCheckpointIO, ExportCallback
+from fast_style.loss import PerceptualLoss
 from fast_style.module import StyleTransferModule
 from fast_style.style import as_list, file_sha256, load_style_image
 
 
-def build_module(cfg: DictConfig) -> StyleTransferModule:
-    """Transformer + perceptual loss with its style targets set + optimiser factories."""
-    images = as_list(cfg.style.image)
-    style_tensors = [load_style_image(path, cfg.style.size) for path in images]
+def build_loss(cfg: DictConfig) -> PerceptualLoss:
+    """The perceptual loss of ``cfg.loss`` with the style targets of ``cfg.style`` set (training,
+    optimization-based stylization and evaluation all measure with this one)."""
+    style_tensors = [load_style_image(path, cfg.style.size) for path in as_list(cfg.style.image)]
     loss = instantiate(cfg.loss)
     loss.set_style(style_tensors, cfg.style.get("blend"))
+    return loss
+
+
+def build_module(cfg: DictConfig) -> StyleTransferModule:
+    """Transformer + perceptual loss with its style targets set + optimiser factories."""
     return StyleTransferModule(
         net=instantiate(cfg.model),
-        loss=loss,
+        loss=build_loss(cfg),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         channels_last=cfg.channels_last,

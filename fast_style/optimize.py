@@ -1,0 +1,246 @@
+"""Optimization-based style transfer (Gatys et al. 2016): the image itself is optimized against the perceptual loss.
+
+No trained network: every photo costs hundreds of VGG forward and backward passes, so this is the slow
+reference that a feed-forward network is measured against (fast_style.evaluate), and a way to try a new
+style image before training a network for it. It uses the same loss, layer presets and weights as training.
+
+Iterates are kept valid images: after every step the pixels are clamped to [0, 1]. Without that the
+optimizer reaches lower losses with out-of-range pixels that no saved image can have.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fast_style.config import compose_train_config
+from fast_style.data import read_image
+from fast_style.errors import UserError
+from fast_style.inference import find_inputs, output_path, pick_device, save_image, to_image, to_tensor
+from fast_style.loss import PerceptualLoss
+
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("content", "noise", "mix")
+# Step sizes on [0, 1] pixels: L-BFGS scales its steps by its curvature estimate, Adam moves each pixel by ~lr.
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+LBFGS_HISTORY = 20  # curvature pairs kept: 20 full-size images of memory, enough for a few hundred iterations
+# Command-line keys that configure the style and the loss (as for train.py); with method=optimize they are
+# handed to the composed training config through optimize.overrides.
+STYLE_OVERRIDE = re.compile(r"^\+{0,2}(style\.[\w.]+|loss|loss\.[\w.]+)=")
+
+
+@dataclass
+class Step:
+    """What an ``on_step`` callback sees after each update."""
+
+    iteration: int  # updates done so far
+    image: torch.Tensor  # the current iterate, (1, 3, H, W) in [0, 1]; do not modify
+    terms: dict[str, float]  # losses of the iterate before this update (the last one the optimizer evaluated)
+    seconds: float  # optimizer time so far, callbacks excluded
+
+
+@dataclass
+class OptimizationResult:
+    image: torch.Tensor  # the final iterate, (1, 3, H, W) in [0, 1]
+    history: list[dict[str, float]]  # history[k]: loss terms of the iterate after k updates, k = 0 … iterations
+    seconds: float  # optimizer time, callbacks and the final measurement excluded
+
+
+def initial_image(content: torch.Tensor, init: str, noise_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """``content``: the photo; ``noise``: uniform noise; ``mix``: (1 − noise_ratio)·photo + noise_ratio·noise."""
+    if init == "content":
+        return content.clone(memory_format=torch.contiguous_format)
+    noise = torch.rand(content.shape, generator=generator).to(content)
+    return noise if init == "noise" else (1 - noise_ratio) * content + noise_ratio * noise
+
+
+def check_iterations(iterations: object, key: str = "optimize.iterations") -> int:
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise UserError(f"{key} must be a positive integer, got {iterations!r}")
+    return iterations
+
+
+def check_options(iterations: object, optimizer: str, lr: float | None, init: str, noise_ratio: float) -> float:
+    """One clear line for a bad optimization setting, before any work is done; returns the step size."""
+    check_iterations(iterations)
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"optimize.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if init not in INITS:
+        raise UserError(f"optimize.init must be one of {', '.join(INITS)}, got {init!r}")
+    if not isinstance(noise_ratio, (int, float)) or not 0 <= noise_ratio <= 1:
+        raise UserError(f"optimize.noise_ratio must be between 0 and 1, got {noise_ratio!r}")
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise UserError(f"optimize.lr must be a number > 0 or null, got {lr!r}")
+    return float(lr)
+
+
+def optimize_image(
+    loss: PerceptualLoss,
+    content: torch.Tensor,
+    iterations: int,
+    optimizer: str = "lbfgs",
+    lr: float | None = None,
+    init: str = "content",
+    noise_ratio: float = 0.5,
+    seed: int = 0,
+    on_step: Callable[[Step], None] | None = None,
+) -> OptimizationResult:
+    """Optimize an image of ``content``'s size (1, 3, H, W, in [0, 1], on ``loss``'s device) for ``iterations``
+    steps of L-BFGS or Adam, one loss evaluation per step, clamping the pixels to [0, 1] after each."""
+    lr = check_options(iterations, optimizer, lr, init, noise_ratio)
+    content = content.float().contiguous()
+    image = initial_image(content, init, noise_ratio, torch.Generator().manual_seed(seed)).requires_grad_(True)
+    content_features = loss.content_targets(content)
+    if optimizer == "lbfgs":
+        # One L-BFGS iteration per step() (its memory persists between calls), so every iterate can be clamped.
+        # Zero tolerances: always run the requested number of iterations.
+        opt: torch.optim.Optimizer = torch.optim.LBFGS(
+            [image], lr=lr, max_iter=1, history_size=LBFGS_HISTORY, tolerance_grad=0.0, tolerance_change=0.0
+        )
+    else:
+        opt = torch.optim.Adam([image], lr=lr)
+
+    history: list[dict[str, float]] = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        terms = loss(image, content, content_features)
+        terms["loss"].backward()
+        history.append({name: float(value.detach()) for name, value in terms.items()})
+        return terms["loss"]
+
+    seconds = 0.0
+    for iteration in range(1, iterations + 1):
+        start = time.perf_counter()
+        opt.step(closure)
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        seconds += time.perf_counter() - start
+        if on_step is not None:
+            on_step(Step(iteration, image.detach(), history[-1], seconds))
+    with torch.no_grad():
+        final = loss(image, content, content_features)
+    history.append({name: float(value) for name, value in final.items()})
+    return OptimizationResult(image.detach(), history, seconds)
+
+
+def optimize_argv(argv: list[str]) -> list[str]:
+    """Let stylize.py take the style and loss options of train.py (``style.image=``, ``style.blend=``,
+    ``loss=gatys``, ``loss.pooling=avg``, ...): they move into ``optimize.overrides``, since ``style``
+    there is a name, not a config group. ``style.image=`` without ``style=`` names the style after the image.
+    """
+    moved = [arg.lstrip("+") for arg in argv[1:] if STYLE_OVERRIDE.match(arg)]
+    if not moved:
+        return argv
+    out = [arg for arg in argv if not STYLE_OVERRIDE.match(arg)]
+    image = next((arg.removeprefix("style.image=") for arg in moved if arg.startswith("style.image=")), None)
+    if image and not any(arg.startswith("style=") for arg in argv[1:]):
+        out.append(f"style={Path(image.strip('[]').split(',')[0].strip()).stem or 'custom'}")
+    quoted = ",".join("'" + arg.replace("'", "\\'") + "'" for arg in moved)
+    return [*out, f"optimize.overrides=[{quoted}]"]
+
+
+def check_method(cfg: DictConfig) -> str:
+    """``feedforward`` or ``optimize``; style and loss options only mean something to the latter."""
+    method = cfg.get("method", "feedforward")
+    if method not in ("feedforward", "optimize"):
+        raise UserError(f"method must be feedforward or optimize, got {method!r}")
+    overrides = list(cfg.get("optimize", {}).get("overrides") or [])
+    if method == "feedforward" and overrides:
+        raise UserError(
+            f"{overrides[0]} sets up a loss, which only method=optimize uses; a trained model has its style "
+            "built in (add method=optimize, or drop it)"
+        )
+    return method
+
+
+def style_config(style: str, overrides: list[str]) -> DictConfig:
+    """The training config of style ``style`` (a name in configs/style/, or any name with style.image=)."""
+    if style.endswith((".safetensors", ".ckpt")) or "/" in style:
+        raise UserError(
+            f"method=optimize needs a style name from configs/style/ or style.image=PATH, not the model file {style}"
+        )
+    return compose_train_config([f"style={style}", *overrides])
+
+
+def load_photo(path: Path, max_size: int | None) -> tuple[Image.Image, torch.Tensor]:
+    """The photo as read (for its alpha channel) after downscaling to ``max_size``, and as a tensor."""
+    image = read_image(path)
+    if max_size is not None and max(image.size) > max_size:
+        image.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+    return image, to_tensor(image)
+
+
+def optimize_files(cfg: DictConfig) -> int:
+    """stylize.py method=optimize: every input photo with every style; returns the number of unreadable inputs."""
+    opts = cfg.optimize
+    check_options(opts.iterations, opts.optimizer, opts.lr, opts.init, opts.noise_ratio)
+    iterations = opts.iterations
+    save_every = opts.get("save_every")
+    if save_every is not None:
+        check_iterations(save_every, "optimize.save_every")
+    max_size = cfg.max_size if cfg.max_size is not None else opts.max_size
+    device = pick_device(cfg.device)
+    sources = find_inputs(str(cfg.input))
+    styles = list(cfg.style) if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
+    configs = [style_config(str(style), list(opts.overrides or [])) for style in styles]
+    out = Path(str(cfg.output)).expanduser()
+    single = len(sources) == 1 and len(configs) == 1
+    plan = [(c, src, output_path(src, str(c.style.name), out, single)) for c in configs for src in sources]
+    inputs = {src.resolve() for src in sources}
+    if clash := next((dst for *_, dst in plan if dst.resolve() in inputs), None):
+        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
+    if not cfg.overwrite and (existing := [dst for *_, dst in plan if dst.exists()]):
+        raise UserError(
+            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
+        )
+
+    from fast_style.training import build_loss  # Lightning and the rest of training, only when needed
+
+    failed: set[Path] = set()
+    loss, loss_cfg = None, None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, TextColumn("{task.fields[losses]}"), transient=True) as progress:
+        for style_cfg, src, dst in plan:
+            if src in failed:
+                continue
+            try:
+                photo, content = load_photo(src, max_size)
+            except UserError as e:
+                failed.add(src)
+                progress.console.print(f"skipped: {e}")
+                continue
+            if style_cfg is not loss_cfg:
+                loss, loss_cfg = build_loss(style_cfg).to(device), style_cfg
+            task = progress.add_task(f"{src.name} → {style_cfg.style.name}", total=iterations, losses="")
+
+            def on_step(step: Step, task: int = task, dst: Path = dst) -> None:
+                t = step.terms
+                losses = f"loss {t['loss']:.4f} content {t['content']:.4f} style {t['style']:.4f} tv {t['tv']:.5f}"
+                progress.update(task, completed=step.iteration, losses=losses)
+                if save_every and step.iteration % save_every == 0 and step.iteration < iterations:
+                    save_image(to_image(step.image), dst.with_name(f"{dst.stem}_{step.iteration:04d}{dst.suffix}"))
+
+            result = optimize_image(
+                loss, content.to(device), iterations, opts.optimizer, opts.lr, opts.init, opts.noise_ratio, opts.seed,
+                on_step,
+            )  # fmt: skip
+            progress.remove_task(task)
+            image = to_image(result.image)
+            if photo.mode in ("RGBA", "LA"):
+                image.putalpha(photo.getchannel("A"))
+            save_image(image, dst)
+            progress.console.print(
+                f"{dst}: loss {result.history[0]['loss']:.4f} → {result.history[-1]['loss']:.4f} "
+                f"after {iterations} {opts.optimizer} iterations ({result.seconds:.1f} s)"
+            )
+    return len(failed)
