@@ -31,9 +31,9 @@ from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
 from fast_style.config import CONFIG_DIR, compose_train_config, style_names
-from fast_style.data import load_rgb
+from fast_style.data import list_images, load_rgb
 from fast_style.errors import UserError, exit_on_user_error
-from fast_style.inference import Stylizer, find_inputs, pick_device, save_image, to_image
+from fast_style.inference import Stylizer, pick_device, save_image, to_image
 from fast_style.loss import PerceptualLoss
 from fast_style.optimize import STYLE_OVERRIDE, Step, optimize_image
 from fast_style.style import as_list, file_sha256
@@ -282,7 +282,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Measure every model of ``cfg.style`` on the photos of ``cfg.content``; writes evaluation.json and grids."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    photos = find_inputs(str(cfg.content))[: cfg.max_images]
+    content = Path(str(cfg.content)).expanduser()
+    photos = ([content] if content.is_file() else list_images(content, "content"))[: cfg.max_images]
     entries = [str(s) for s in cfg.style] if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
     stylizers = [Stylizer.load(entry, device=str(device), precision="fp32") for entry in entries]
     names = [cfg.loss_style or model_style(entry, s) for entry, s in zip(entries, stylizers)]
