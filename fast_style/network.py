@@ -117,8 +117,20 @@ class TransformerNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch of RGB images in [0, 1] (N, 3, H, W) to stylised images in [0, 1] of the same size."""
         h, w = x.shape[-2:]
-        # Always pad (by 0 where the side is already a multiple of 4): one graph for every size, which
-        # is what ONNX export with dynamic height/width needs. Reflection needs pad < side.
-        x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect" if min(h, w) >= 4 else "replicate")
-        y = self.decoder(self.residuals(self.encoder(x)))
-        return ((torch.tanh(y) + 1) / 2)[..., :h, :w]
+        y = self.decoder(self.residuals(self.encoder(pad_to_multiple_of_4(x))))
+        return to_unit_range(y)[..., :h, :w]
+
+
+def pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:
+    """Reflection-pad the bottom and right to the network's total downsampling factor.
+
+    Always pads (by 0 where the side is already a multiple of 4): one graph for every size, which is
+    what ONNX export with dynamic height/width needs. Reflection needs pad < side.
+    """
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect" if min(h, w) >= 4 else "replicate")
+
+
+def to_unit_range(y: torch.Tensor) -> torch.Tensor:
+    """The last layer's output through tanh, mapped to [0, 1]."""
+    return (torch.tanh(y) + 1) / 2
