@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> None:
             preserve_color=cfg.preserve_color,
             strength=cfg.strength,
             overwrite=cfg.overwrite,
+            fiftyone_dataset=cfg.fiftyone.dataset,
         )
     sys.exit(1 if failed else 0)
 

@@ -215,11 +215,13 @@ def stylize_files(
     preserve_color: bool = False,
     strength: float = 1.0,
     overwrite: bool = False,
+    fiftyone_dataset: str | None = None,
 ) -> int:
     """Stylize every input image with every style; returns the number of images that failed.
 
     Nothing is overwritten without ``overwrite``, and an input file never is. A bad image is reported
-    and skipped, and the rest go on.
+    and skipped, and the rest go on. With ``fiftyone_dataset``, the photos and their stylizations are
+    recorded in that FiftyOne dataset, to compare in the FiftyOne App.
     """
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
@@ -237,6 +239,7 @@ def stylize_files(
         )
 
     failed: dict[Path, str] = {}
+    took: dict[Path, float] = {}  # output file → seconds to read, stylize and write it
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, TextColumn("{task.fields[rate]}"), transient=True) as progress:
@@ -244,7 +247,9 @@ def stylize_files(
         for src, stylizer, dst in plan:
             try:
                 if src not in failed:
+                    began = time.perf_counter()
                     save_image(stylizer(read_image(src), strength, preserve_color, max_size), dst)
+                    took[dst] = time.perf_counter() - began
             except UserError as e:
                 failed[src] = str(e)
                 progress.console.print(f"skipped: {e}")
@@ -257,4 +262,8 @@ def stylize_files(
         f"stylized {written} image(s) with {', '.join(s.name for s in stylizers)} in {seconds:.1f} s "
         f"({written / seconds:.2f} img/s) → {out}" + (f"; {len(failed)} unreadable input(s) skipped" if failed else "")
     )
+    if fiftyone_dataset:
+        from fast_style.fiftyone_io import record_stylizations  # here: fiftyone takes seconds to import
+
+        record_stylizations(fiftyone_dataset, [(src, s, dst, took[dst]) for src, s, dst in plan if dst in took])
     return len(failed)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -54,3 +56,24 @@ def caffe_vgg_weights() -> dict:
     from fast_style.vgg import load_caffe_vgg19
 
     return load_caffe_vgg19()
+
+
+@pytest.fixture(scope="session")
+def fiftyone(tmp_path_factory) -> Iterator[ModuleType]:
+    """fiftyone on a throwaway database: its own MongoDB in a temporary folder, a temporary zoo folder, and none of
+    the user's FIFTYONE_* variables or ~/.fiftyone config. Subprocesses (train.py, the App server) inherit the
+    variables, and with them this database. They must be set before fiftyone is first imported."""
+    assert "fiftyone" not in sys.modules, "fiftyone was imported before its test database was set up"
+    root = tmp_path_factory.mktemp("fiftyone")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [key for key in os.environ if key.startswith("FIFTYONE_")]:
+            patch.delenv(key)
+        patch.setenv("FIFTYONE_CONFIG_PATH", str(root / "config.json"))  # does not exist: defaults only
+        patch.setenv("FIFTYONE_DATABASE_DIR", str(root / "db"))
+        patch.setenv("FIFTYONE_DATASET_ZOO_DIR", str(root / "zoo"))
+        patch.setenv("FIFTYONE_DATABASE_VALIDATION", "false")  # CI's offline MongoDB is older than FiftyOne likes
+        patch.setenv("FIFTYONE_DO_NOT_TRACK", "true")
+        import fiftyone
+
+        assert Path(fiftyone.config.database_dir) == root / "db"
+        yield fiftyone
