@@ -30,6 +30,8 @@ def main(cfg: DictConfig) -> None:
             strength=cfg.strength,
             overwrite=cfg.overwrite,
             fiftyone_dataset=cfg.fiftyone.dataset,
+            tile=cfg.tile,
+            compile=cfg.compile,
         )
     sys.exit(1 if failed else 0)
 

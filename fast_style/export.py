@@ -10,17 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -47,14 +42,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that writes each ``.ckpt`` atomically."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def save_model(
@@ -108,67 +95,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable .safetensors model file ({e}); re-export or re-download it") from e
     return build_network(metadata["model"], state, path).to(device), metadata
-
-
-class ExportCallback(pl.Callback):
-    """Exports the transformer to ``path`` at every Lightning checkpoint and at the end of training.
-
-    A file at ``path`` from anything but this run (resumed runs included) is never replaced unless
-    ``overwrite`` is set: training stops before its first step with one line that says so.
-    """
-
-    def __init__(
-        self, path: str, overwrite: bool = False, dtype: str = "float32", metadata: dict[str, Any] | None = None
-    ) -> None:
-        if dtype not in DTYPES:
-            raise UserError(f"export.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.path, self.overwrite, self.dtype = Path(path), overwrite, dtype
-        self.metadata = dict(metadata or {})
-        self.run_id = uuid.uuid4().hex
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.run_id = state_dict["run_id"]
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.path.exists():
-            return
-        try:
-            owner = read_metadata(self.path).get("run_id")
-        except UserError:
-            owner = None
-        if owner == self.run_id:
-            return
-        if not self.overwrite:
-            raise UserError(
-                f"{self.path} already exists and was not written by this run; "
-                f"set export.overwrite=true to replace it, or export.path=... to write elsewhere"
-            )
-        rank_zero_info(f"export: will overwrite {self.path} (export.overwrite=true)")
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self.export(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.export(trainer, pl_module)
-        rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
-
-    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        losses = {
-            k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
-        }
-        metadata = {
-            **self.metadata,
-            "run_id": self.run_id,
-            "steps": trainer.global_step,
-            "losses": losses,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        save_model(pl_module.net, self.path, metadata, self.dtype)
 
 
 def export_torchscript(net: TransformerNet, path: str | Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -22,6 +23,7 @@ from fast_style.data import IMAGE_EXTENSIONS, read_image
 from fast_style.errors import UserError
 from fast_style.export import atomic_path, build_network, load_model
 from fast_style.network import TransformerNet
+from fast_style.tiling import stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # ITU-R BT.601 full-range RGB → YCbCr (the JPEG convention), on [0, 1] values.
@@ -103,25 +105,69 @@ def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tenso
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(matrix), torch.cat([y, cbcr], 1)).clamp(0, 1)
 
 
+def memory_budget(device: torch.device) -> int:
+    """Bytes the forward pass may use: half the free GPU memory, or on a CPU half the available memory
+    but at most 1 GiB, so that stylizing a 4K photo stays within ~2 GiB in all."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return min(psutil.virtual_memory().available // 2, 1 << 30)
+
+
+def pick_tile(tile: int | str | None, height: int, width: int, bytes_per_pixel: float, budget: int) -> int | None:
+    """The tile side for an image, or None to run it whole. ``auto`` tiles only what does not fit ``budget``."""
+    if tile in (None, 0, "none", False):
+        return None
+    if tile == "auto":
+        if height * width * bytes_per_pixel <= budget:
+            return None
+        # Tiled, the quarter-resolution features stay whole (~1/8 of the untiled need); tiles get the rest.
+        rest = max(budget - height * width * bytes_per_pixel / 8, budget / 4)
+        return max(256, int((rest / bytes_per_pixel) ** 0.5) // 64 * 64)
+    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 64:
+        raise UserError(f"tile must be auto, null, or a size in pixels >= 64, got {tile!r}")
+    return tile if max(height, width) > tile else None
+
+
 class Stylizer:
     """A loaded per-style model on a device, ready to stylize images of any size."""
 
+    # Peak activation memory of an untiled fp32 forward pass per pixel and unit of model width (measured
+    # with benchmarks/stylize.py: 500–650 bytes per pixel for the standard model).
+    BYTES_PER_PIXEL = 600
+
     def __init__(
-        self, net: TransformerNet, metadata: dict[str, Any], device: str = "auto", precision: str = "auto"
+        self,
+        net: TransformerNet,
+        metadata: dict[str, Any],
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | str | None = "auto",
+        compile: bool = False,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(self.device, precision)
+        self.tile = tile
+        pick_tile(tile, 0, 0, 0, 0)  # reject a bad value now, not at the first image
         # channels_last suits the bf16/fp16 kernels (oneDNN, tensor cores); for fp32 on a CPU it measured
         # slower (1024², AVX2-only EPYC: 6.9 s vs 5.6 s per image), so it is used only with reduced precision.
         self.memory_format = torch.contiguous_format
         if self.dtype != torch.float32 or self.device.type == "cuda":
             self.memory_format = torch.channels_last
         self.net = net.eval().to(self.device, memory_format=self.memory_format)
+        # dynamic=True: one compiled graph for every image size (photos in a folder differ in size).
+        self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self.metadata = metadata
         self.name = str(metadata.get("style", {}).get("name", "style"))
 
     @classmethod
-    def load(cls, style: str | Path, device: str = "auto", precision: str = "auto") -> Stylizer:
+    def load(
+        cls,
+        style: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | str | None = "auto",
+        compile: bool = False,
+    ) -> Stylizer:
         """From a style name (``checkpoints/<name>.safetensors``), a ``.safetensors`` model file,
         or a Lightning ``.ckpt`` training checkpoint."""
         path = find_model(style)
@@ -133,19 +179,27 @@ class Stylizer:
         else:
             net, metadata = load_model(path)
         metadata["path"] = str(path)
-        return cls(net, metadata, device, precision)
+        return cls(net, metadata, device, precision, tile, compile)
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] → stylized (N, 3, H, W) in [0, 1], float32, on the input's device."""
+        """(N, 3, H, W) in [0, 1] → stylized (N, 3, H, W) in [0, 1], float32, on the input's device.
+
+        Images too large for memory (see ``tile``) go through the network in tiles, with the same result."""
         x = images.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32
             else contextlib.nullcontext()
         )
+        height, width = x.shape[-2:]
+        per_pixel = self.BYTES_PER_PIXEL * self.net.width * x.shape[0] * (1 if self.dtype == torch.float32 else 0.5)
+        tile = pick_tile(self.tile, height, width, per_pixel, memory_budget(self.device) if self.tile == "auto" else 0)
         with autocast:
-            out = self.net(x)
+            if tile is None:
+                out = self.forward(x)
+            else:
+                out = torch.cat([stylize_tiled(self.net, image[None], tile) for image in x])
         return out.float().to(images.device)
 
     def __call__(
@@ -216,6 +270,8 @@ def stylize_files(
     strength: float = 1.0,
     overwrite: bool = False,
     fiftyone_dataset: str | None = None,
+    tile: int | str | None = "auto",
+    compile: bool = False,
 ) -> int:
     """Stylize every input image with every style; returns the number of images that failed.
 
@@ -226,7 +282,7 @@ def stylize_files(
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
     sources = find_inputs(input)
-    stylizers = [Stylizer.load(style, device, precision) for style in styles]
+    stylizers = [Stylizer.load(style, device, precision, tile, compile) for style in styles]
     out = Path(output).expanduser()
     single = len(sources) == 1 and len(stylizers) == 1
     plan = [(src, s, output_path(src, s.name, out, single)) for src in sources for s in stylizers]

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
 from fast_style.config import check_config
-from fast_style.export import AtomicCheckpointIO, ExportCallback
 from fast_style.loss import PerceptualLoss
 from fast_style.module import StyleTransferModule
 from fast_style.style import as_list, file_sha256, load_style_image
