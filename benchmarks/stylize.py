@@ -5,8 +5,9 @@
 Each (loop, size) runs in its own process so that its peak memory (resident set size) is its own.
 Loops: `straightforward`: TransformerNet in fp32 eager under no_grad, NCHW; `ours`: Stylizer with its
 defaults (auto precision: bf16 where the CPU or GPU has it natively, else fp32; channels_last with reduced precision;
-inference mode); `ours, light`: the same with model.width=0.5. Weights are random: speed does not
-depend on them. The last line is machine-readable: ratio_1024=<straightforward ms / ours ms>
+inference mode; tile=auto, which tiles what does not fit its memory budget); `ours, light`: the same with
+model.width=0.5; `onnx`: the exported ONNX file in onnxruntime (CUDA provider when there is a GPU). Weights are
+random: speed does not depend on them. The last line is machine-readable: ratio_1024=<straightforward ms / ours ms>
 light_1024_ms=<ms>.
 """
 
@@ -18,15 +19,16 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 
-from fast_style.export import save_model
+from fast_style.export import export_onnx, save_model
 from fast_style.inference import Stylizer
 from fast_style.network import TransformerNet
 
-LOOPS = ("straightforward", "ours", "ours, light")
+LOOPS = ("straightforward", "ours", "ours, light", "onnx")
 
 
 def measure(loop: str, width: int, height: int, repeats: int) -> dict[str, float]:
@@ -41,9 +43,19 @@ def measure(loop: str, width: int, height: int, repeats: int) -> dict[str, float
             with torch.no_grad():
                 net(image)
 
-    else:
-        import tempfile
+    elif loop == "onnx":
+        import onnxruntime
 
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(net, f"{tmp}/m.onnx")
+            providers = ["CUDAExecutionProvider"] if torch.cuda.is_available() else []
+            session = onnxruntime.InferenceSession(f"{tmp}/m.onnx", providers=[*providers, "CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: image.numpy()}
+
+        def run() -> None:
+            session.run(None, feed)
+
+    else:
         with tempfile.TemporaryDirectory() as tmp:
             save_model(net, f"{tmp}/m.safetensors")
             stylizer = Stylizer.load(f"{tmp}/m.safetensors")
