@@ -1,20 +1,41 @@
-"""Training data: random crops from any folder tree of photos (COCO's train2014/train2017 as-is),
-plus a small fixed set of validation photos whose stylisations are logged during training."""
+"""Training data: random crops from any folder tree of photos or a local COCO download, plus a small fixed set of
+validation photos whose stylisations are logged during training.
+
+``python -m fast_style.data check DIR`` reads a folder as training would and reports the files it would skip.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageOps
+from pytorch_lightning.utilities import rank_zero_warn
+from rich.console import Console
+from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from fast_style.errors import UserError
+from fast_style.errors import UserError, exit_on_user_error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Pillow refuses to open an image with more pixels than this (a decompression bomb: a small file that claims an
+# enormous size). data.max_pixels may lower the limit but not raise it past Pillow's own.
+DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 
 def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
@@ -30,23 +51,58 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
     return paths
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and
-    16-bit images converted; transparency kept as an alpha channel."""
+def check_max_pixels(max_pixels: Any, what: str = "data.max_pixels") -> int:
+    """``max_pixels`` if it is a usable limit (Pillow's own limit caps it), else a clear error."""
+    if not isinstance(max_pixels, int) or not 1 <= max_pixels <= DEFAULT_MAX_PIXELS:
+        raise UserError(f"{what} must be an integer from 1 to {DEFAULT_MAX_PIXELS} (Pillow's limit), got {max_pixels}")
+    return max_pixels
+
+
+@contextmanager
+def _reading(path: str | Path) -> Iterator[None]:
+    """Whatever a decoder raises on a bad file (Pillow and torchvision raise many kinds) becomes a UserError."""
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
+        yield
+    except UserError:
+        raise
     except FileNotFoundError as e:
         raise UserError(f"{path} does not exist") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:
         raise UserError(f"{path} is not a readable image ({e})") from e
+
+
+def _open(path: str | Path, max_pixels: int) -> Image.Image:
+    """The image with only its header read, so one that is too large is refused before any pixel is decoded."""
+    image = Image.open(path)
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        image.close()
+        raise UserError(
+            f"{path} is {image.width}x{image.height} = {pixels} pixels, more than the limit of {max_pixels}"
+            " (data.max_pixels, a guard against decompression bombs)"
+        )
+    return image
+
+
+def _upright_8bit(image: Image.Image) -> Image.Image:
+    """Decode an opened image as :func:`read_image` describes."""
+    image = ImageOps.exif_transpose(image)
+    image.load()
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         values = np.asarray(image, dtype=np.float32)
         full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
         image = Image.fromarray(np.clip(values / full_scale * 255 + 0.5, 0, 255).astype(np.uint8))
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    return image.convert("RGBA" if has_alpha else "RGB")
+    mode = "RGBA" if has_alpha else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and 16-bit
+    images converted; transparency kept as an alpha channel. A UserError for a file that cannot be decoded or has
+    more than ``max_pixels`` pixels (refused from its header, before decoding)."""
+    with _reading(path), _open(path, max_pixels) as opened:
+        return _upright_8bit(opened)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -54,26 +110,68 @@ def load_rgb(path: str | Path) -> Image.Image:
     return read_image(path).convert("RGB")
 
 
+def read_rgb_tensor(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduction: Callable[[int, int], int] | None = None
+) -> torch.Tensor:
+    """Training's decoder: an upright uint8 RGB tensor (3, H, W), or a UserError as from :func:`read_image`.
+
+    A JPEG is decoded at 1/``reduction(width, height)`` scale (libjpeg's DCT scaling, via Pillow's draft mode) when
+    that is 2, 4 or 8; at full size it goes through torchvision's decode_jpeg, which gives the same pixels and was
+    faster on a CPU (benchmarks/data.py). Pillow decodes everything else, and whatever decode_jpeg refuses.
+    """
+    with _reading(path), _open(path, max_pixels) as opened:
+        factor = reduction(opened.width, opened.height) if reduction else 1
+        if factor > 1:
+            opened.draft(None, (opened.width // factor, opened.height // factor))
+        elif opened.format == "JPEG":
+            with suppress(RuntimeError):
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        image = _upright_8bit(opened)
+        return v2.functional.to_image(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def crop_reduction(
+    width: int, height: int, size: int, min_scale: float, ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> int:
+    """How far (1, 2, 4 or 8) a ``width`` x ``height`` JPEG may shrink while decoding without costing a
+    ``RandomResizedCrop(size, scale=(min_scale, …), ratio)`` any detail: every crop it can take keeps both sides
+    at least ``size``, so crops are only ever scaled down, as at full size.
+
+    Its smallest crops cover ``min_scale`` of the area at the most extreme aspect ratio, with sides
+    √(min_scale·W·H·min(ratio[0], 1/ratio[1])); its fallback, a centre crop, is at least the image's shorter side.
+    So a 640x480 COCO photo with 256 px crops from half its area needs every pixel (smallest crop 339 px), while
+    128 px crops allow 1/2.
+    """
+    smallest = min(math.sqrt(min_scale * width * height * min(ratio[0], 1 / ratio[1])), width, height)
+    return next(factor for factor in (8, 4, 2, 1) if factor == 1 or smallest / factor >= size)
+
+
 Sample = tuple[torch.Tensor | None, str]  # (image, "") or, for an unreadable file, (None, what is wrong)
 Batch = tuple[torch.Tensor, list[str]]  # the readable images, and one message per unreadable file
 
 
 class ImageFiles(Dataset[Sample]):
-    """Images from a list of files, as float tensors in [0, 1] after ``transform``.
+    """Images from a list of files, as float tensors in [0, 1] after ``transform`` (see :func:`read_rgb_tensor`).
 
     An unreadable file does not raise (that would end a long run): it yields ``(None, reason)``,
     which :func:`collate_readable` drops from the batch and reports.
     """
 
-    def __init__(self, paths: list[Path], transform: v2.Transform) -> None:
-        self.paths, self.transform = paths, transform
+    def __init__(
+        self,
+        paths: list[Path],
+        transform: v2.Transform,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        reduction: Callable[[int, int], int] | None = None,
+    ) -> None:
+        self.paths, self.transform, self.max_pixels, self.reduction = paths, transform, max_pixels, reduction
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Sample:
         try:
-            return self.transform(load_rgb(self.paths[index])), ""
+            return self.transform(read_rgb_tensor(self.paths[index], self.max_pixels, self.reduction)), ""
         except UserError as e:
             return None, str(e)
 
@@ -86,7 +184,10 @@ def collate_readable(samples: list[Sample]) -> Batch:
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
-    """Random-resized square crops of ``image_size`` from ``root``; centre crops of ``val_root`` for validation."""
+    """Random-resized square crops of ``image_size`` from ``root``; centre crops of ``val_root`` for validation.
+
+    Files with more than ``max_pixels`` pixels are skipped as unreadable, before they are decoded.
+    """
 
     def __init__(
         self,
@@ -98,6 +199,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         val_size: int = 256,
         val_max_images: int = 8,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         for name, value in (("image_size", image_size), ("val_size", val_size)):
@@ -111,6 +213,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.root, self.val_root = root, val_root
         self.image_size, self.crop_scale, self.batch_size = image_size, (low, high), batch_size
         self.num_workers, self.val_size, self.val_max_images = num_workers, val_size, val_max_images
+        self.max_pixels = check_max_pixels(max_pixels)
 
     def train_files(self) -> list[Path]:
         """The training images; other sources (COCO, FiftyOne) override only this."""
@@ -118,16 +221,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         to_float = v2.ToDtype(torch.float32, scale=True)
+        crop = v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True)
         self.train_set = ImageFiles(
             self.train_files(),
-            v2.Compose(
-                [
-                    v2.ToImage(),
-                    v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),
-                    v2.RandomHorizontalFlip(),
-                    to_float,
-                ]
-            ),
+            v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), to_float]),
+            self.max_pixels,
+            partial(crop_reduction, size=self.image_size, min_scale=crop.scale[0], ratio=crop.ratio),
         )
         val_paths = list_images(self.val_root, "data.val_root")[: self.val_max_images] if self.val_root else []
         self.val_set = ImageFiles(
@@ -135,6 +234,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             v2.Compose(
                 [v2.ToImage(), v2.Resize(self.val_size, antialias=True), v2.CenterCrop(self.val_size), to_float]
             ),
+            self.max_pixels,
         )
 
     def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[Batch]:
@@ -158,3 +258,111 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader[Batch] | list:
         return self._loader(self.val_set, train=False) if len(self.val_set) else []
+
+
+class CocoDataModule(ImageFolderDataModule):
+    """A local COCO download: ``root`` holds the ``split`` folder of images (train2017/, train2014/, …) and
+    optionally annotations/. When annotations/captions_<split>.json or instances_<split>.json exists, it lists the
+    images (captions first: it is a fifth of the size); otherwise every image in the split folder is used.
+    """
+
+    def __init__(self, root: str, split: str = "train2017", **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.split = split
+
+    def train_files(self) -> list[Path]:
+        root = Path(self.root).expanduser()
+        images = root / self.split
+        if not images.is_dir():
+            found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise UserError(
+                f"data.root={root} is not a COCO download: expected the {self.split} images in {images}/"
+                f" (data.split={self.split}) and optionally annotations/captions_{self.split}.json"
+                + (f"; found the folders {', '.join(found)}" if found else "")
+                + "; for any other folder of photos use data=folder"
+            )
+        candidates = [root / "annotations" / f"{kind}_{self.split}.json" for kind in ("captions", "instances")]
+        annotations = next((path for path in candidates if path.is_file()), None)
+        if annotations is None:
+            return list_images(images, f"data.root/{self.split}")
+        listed = sorted(set(coco_file_names(annotations)))
+        present = {entry.name for entry in os.scandir(images)}
+        paths = [images / name for name in listed if name in present]
+        if not paths:
+            raise UserError(f"none of the {len(listed)} images listed in {annotations} are in {images}/")
+        if len(paths) < len(listed):
+            rank_zero_warn(
+                f"{len(listed) - len(paths)} of the {len(listed)} images listed in {annotations} are not in"
+                f" {images}/; training on the {len(paths)} that are"
+            )
+        return paths
+
+
+def coco_file_names(annotations: Path) -> list[str]:
+    """The image file names a COCO annotations file lists (its ``images[*].file_name``)."""
+    try:
+        with open(annotations, encoding="utf-8") as f:
+            return [image["file_name"] for image in json.load(f)["images"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{annotations} is not a COCO annotations file ({type(e).__name__}: {e})") from e
+
+
+def inspect_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | str:
+    """(width, height) of an image as training decodes it (upright), or what is wrong with it."""
+    try:
+        image = read_rgb_tensor(path, max_pixels)
+    except UserError as e:
+        return str(e)
+    return image.shape[-1], image.shape[-2]
+
+
+def check_folder(root: str | Path, size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1) -> int:
+    """Decode every image below ``root`` as training does; print one line per unreadable file, then size
+    statistics. Returns the number of unreadable files."""
+    paths = list_images(root, "DIR")
+    check_max_pixels(max_pixels, "--max-pixels")
+    inspect = partial(inspect_image, max_pixels=max_pixels)
+    sizes: list[tuple[int, int]] = []
+    problems: list[str] = []
+    console = Console(stderr=True)  # the progress bar, on a terminal only; the report goes to stdout, after it
+    with multiprocessing.Pool(workers) if workers > 1 else nullcontext() as pool:
+        results = pool.imap(inspect, paths, chunksize=16) if pool else map(inspect, paths)
+        progress = track(
+            results, "checking", len(paths), console=console, transient=True, disable=not console.is_terminal
+        )
+        for result in progress:
+            if isinstance(result, str):
+                problems.append(result)
+            else:
+                sizes.append(result)
+    for problem in problems:
+        print(problem)
+    print(
+        f"{len(paths)} images in {root}: {len(sizes)} readable, {len(problems)} unreadable"
+        + " (above)" * bool(problems)
+    )
+    if sizes:
+        for name, values in (("width", [w for w, _ in sizes]), ("height", [h for _, h in sizes])):
+            print(f"{name}: min {min(values)}, median {statistics.median(values):g}, max {max(values)} px")
+        small = sum(min(w, h) < size for w, h in sizes)
+        print(f"{small} of {len(sizes)} smaller than {size} px on the shorter side (upscaled to {size} px crops)")
+    return len(problems)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fast_style.data", description="Training-data tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check", help="report the files training would skip, and image sizes; exit code 1 if any is unreadable"
+    )
+    check.add_argument("dir", help="folder of photos, searched recursively")
+    check.add_argument("--size", type=int, default=256, help="crop size (data.image_size), default 256")
+    check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="data.max_pixels")
+    check.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        sys.exit(1 if check_folder(args.dir, args.size, args.max_pixels, args.workers) else 0)
+
+
+if __name__ == "__main__":
+    main()

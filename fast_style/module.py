@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,6 +18,8 @@ from torchvision.utils import make_grid
 from fast_style.data import Batch
 from fast_style.loss import PerceptualLoss
 from fast_style.network import TransformerNet
+
+log = logging.getLogger(__name__)
 
 
 class StyleTransferModule(pl.LightningModule):
@@ -83,6 +87,19 @@ class StyleTransferModule(pl.LightningModule):
             # Row 1: the validation photos; row 2: their stylisations.
             grid = make_grid(torch.cat([batch, output]).float().clamp(0, 1).cpu(), nrow=len(batch), padding=4)
             self.logger.experiment.add_image("val/stylized", grid, self.global_step)
+
+    def on_train_end(self) -> None:
+        """List every skipped file (from all processes) in ``<log dir>/unreadable_files.txt`` and say so in one line,
+        so that a long run's skips are not lost among its warnings."""
+        problems = self.unreadable
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_process: list[set[str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_process, self.unreadable)
+            problems = set().union(*(p for p in per_process if p))
+        if problems and self.trainer.is_global_zero:
+            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
+            path.write_text("".join(f"{problem}\n" for problem in sorted(problems)))
+            log.warning("skipped %d unreadable training files; they are listed in %s", len(problems), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The architecture, so a training checkpoint can be used for stylizing (fast_style.inference).
