@@ -24,7 +24,8 @@ from torchvision.transforms import v2
 from train_step import median_seconds, our_step
 
 from fast_style.config import cpu_precision
-from fast_style.data import ImageFolderDataModule, crop_reduction, list_images, read_image, read_rgb_tensor
+from fast_style.data import ImageFolderDataModule, crop_reduction, read_rgb_tensor
+from fast_style.images import list_images, read_image
 
 DEFAULT_ROOT = Path("/work/shared/data/train_photos")
 DECODE_PASSES = 9

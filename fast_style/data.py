@@ -13,16 +13,14 @@ import multiprocessing
 import os
 import statistics
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image, ImageOps
 from pytorch_lightning.utilities import rank_zero_warn
 from rich.console import Console
 from rich.progress import track
@@ -31,83 +29,14 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from fast_style.errors import UserError, exit_on_user_error
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-# Pillow refuses to open an image with more pixels than this (a decompression bomb: a small file that claims an
-# enormous size). data.max_pixels may lower the limit but not raise it past Pillow's own.
-DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
-
-
-def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
-    """Every image file below ``root`` (recursively, sorted); a clear error if there is none."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UserError(f"{what}={root} is not a folder; point {what} at a folder of photos (e.g. COCO's train2017)")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not paths:
-        raise UserError(
-            f"{what}={root} holds no {'/'.join(IMAGE_EXTENSIONS)} images; point {what} at a folder of photos"
-        )
-    return paths
-
-
-def check_max_pixels(max_pixels: Any, what: str = "data.max_pixels") -> int:
-    """``max_pixels`` if it is a usable limit (Pillow's own limit caps it), else a clear error."""
-    if not isinstance(max_pixels, int) or not 1 <= max_pixels <= DEFAULT_MAX_PIXELS:
-        raise UserError(f"{what} must be an integer from 1 to {DEFAULT_MAX_PIXELS} (Pillow's limit), got {max_pixels}")
-    return max_pixels
-
-
-@contextmanager
-def _reading(path: str | Path) -> Iterator[None]:
-    """Whatever a decoder raises on a bad file (Pillow and torchvision raise many kinds) becomes a UserError."""
-    try:
-        yield
-    except UserError:
-        raise
-    except FileNotFoundError as e:
-        raise UserError(f"{path} does not exist") from e
-    except Exception as e:
-        raise UserError(f"{path} is not a readable image ({e})") from e
-
-
-def _open(path: str | Path, max_pixels: int) -> Image.Image:
-    """The image with only its header read, so one that is too large is refused before any pixel is decoded."""
-    image = Image.open(path)
-    pixels = image.width * image.height
-    if pixels > max_pixels:
-        image.close()
-        raise UserError(
-            f"{path} is {image.width}x{image.height} = {pixels} pixels, more than the limit of {max_pixels}"
-            " (data.max_pixels, a guard against decompression bombs)"
-        )
-    return image
-
-
-def _upright_8bit(image: Image.Image) -> Image.Image:
-    """Decode an opened image as :func:`read_image` describes."""
-    image = ImageOps.exif_transpose(image)
-    image.load()
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float32)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / full_scale * 255 + 0.5, 0, 255).astype(np.uint8))
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    mode = "RGBA" if has_alpha else "RGB"
-    return image if image.mode == mode else image.convert(mode)
-
-
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and 16-bit
-    images converted; transparency kept as an alpha channel. A UserError for a file that cannot be decoded or has
-    more than ``max_pixels`` pixels (refused from its header, before decoding)."""
-    with _reading(path), _open(path, max_pixels) as opened:
-        return _upright_8bit(opened)
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as upright 8-bit RGB (alpha dropped)."""
-    return read_image(path).convert("RGB")
+from fast_style.images import (
+    DEFAULT_MAX_PIXELS,
+    check_max_pixels,
+    list_images,
+    open_checked,
+    reading_errors,
+    upright_8bit,
+)
 
 
 def read_rgb_tensor(
@@ -119,14 +48,14 @@ def read_rgb_tensor(
     that is 2, 4 or 8; at full size it goes through torchvision's decode_jpeg, which gives the same pixels and was
     faster on a CPU (benchmarks/data.py). Pillow decodes everything else, and whatever decode_jpeg refuses.
     """
-    with _reading(path), _open(path, max_pixels) as opened:
+    with reading_errors(path), open_checked(path, max_pixels) as opened:
         factor = reduction(opened.width, opened.height) if reduction else 1
         if factor > 1:
             opened.draft(None, (opened.width // factor, opened.height // factor))
         elif opened.format == "JPEG":
             with suppress(RuntimeError):
                 return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        image = _upright_8bit(opened)
+        image = upright_8bit(opened)
         return v2.functional.to_image(image if image.mode == "RGB" else image.convert("RGB"))
 
 

@@ -31,8 +31,8 @@ from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
 from fast_style.config import CONFIG_DIR, compose_train_config, style_names
-from fast_style.data import list_images, load_rgb
 from fast_style.errors import UserError, exit_on_user_error
+from fast_style.images import list_images, load_rgb
 from fast_style.inference import Stylizer, pick_device, save_image, to_image
 from fast_style.loss import PerceptualLoss
 from fast_style.optimize import STYLE_OVERRIDE, Step, optimize_image

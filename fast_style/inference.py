@@ -19,9 +19,9 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
-from fast_style.data import IMAGE_EXTENSIONS, read_image
 from fast_style.errors import UserError
 from fast_style.export import atomic_path, build_network, load_model
+from fast_style.images import IMAGE_EXTENSIONS, read_image
 from fast_style.network import TransformerNet
 from fast_style.tiling import stylize_tiled
 

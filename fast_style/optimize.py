@@ -22,8 +22,8 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fast_style.config import compose_train_config
-from fast_style.data import read_image
 from fast_style.errors import UserError
+from fast_style.images import read_image
 from fast_style.inference import find_inputs, output_path, pick_device, save_image, to_image, to_tensor
 from fast_style.loss import PerceptualLoss
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
-from fast_style.data import load_rgb
 from fast_style.errors import UserError
+from fast_style.images import load_rgb
 
 
 def as_list(images: str | Sequence[str]) -> list[str]:

@@ -23,11 +23,11 @@ from fast_style.data import (
     ImageFolderDataModule,
     check_folder,
     crop_reduction,
-    read_image,
     read_rgb_tensor,
 )
 from fast_style.errors import UserError
 from fast_style.export import read_metadata
+from fast_style.images import read_image
 
 from .conftest import FAST, ROOT, SAMPLES, run_train
 from .test_training import events, only_run

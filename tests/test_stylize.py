@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from fast_style import Stylizer
-from fast_style.data import read_image
 from fast_style.errors import UserError
 from fast_style.export import save_model
+from fast_style.images import read_image
 from fast_style.inference import RGB_TO_YCBCR, to_tensor
 from fast_style.network import TransformerNet
 

@@ -1,0 +1,94 @@
+"""Reading images: any common file as upright 8-bit RGB(A), with a clear error for a bad one.
+
+Shared by training, stylizing and evaluation; kept free of Lightning and torchvision so that
+stylizing starts fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fast_style.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Pillow refuses to open an image with more pixels than this (a decompression bomb: a small file that claims an
+# enormous size). data.max_pixels may lower the limit but not raise it past Pillow's own.
+DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+
+
+def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
+    """Every image file below ``root`` (recursively, sorted); a clear error if there is none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{what}={root} is not a folder; point {what} at a folder of photos (e.g. COCO's train2017)")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not paths:
+        raise UserError(
+            f"{what}={root} holds no {'/'.join(IMAGE_EXTENSIONS)} images; point {what} at a folder of photos"
+        )
+    return paths
+
+
+def check_max_pixels(max_pixels: Any, what: str = "data.max_pixels") -> int:
+    """``max_pixels`` if it is a usable limit (Pillow's own limit caps it), else a clear error."""
+    if not isinstance(max_pixels, int) or not 1 <= max_pixels <= DEFAULT_MAX_PIXELS:
+        raise UserError(f"{what} must be an integer from 1 to {DEFAULT_MAX_PIXELS} (Pillow's limit), got {max_pixels}")
+    return max_pixels
+
+
+@contextmanager
+def reading_errors(path: str | Path) -> Iterator[None]:
+    """Whatever a decoder raises on a bad file (Pillow and torchvision raise many kinds) becomes a UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except FileNotFoundError as e:
+        raise UserError(f"{path} does not exist") from e
+    except Exception as e:
+        raise UserError(f"{path} is not a readable image ({e})") from e
+
+
+def open_checked(path: str | Path, max_pixels: int) -> Image.Image:
+    """The image with only its header read, so one that is too large is refused before any pixel is decoded."""
+    image = Image.open(path)
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        image.close()
+        raise UserError(
+            f"{path} is {image.width}x{image.height} = {pixels} pixels, more than the limit of {max_pixels}"
+            " (data.max_pixels, a guard against decompression bombs)"
+        )
+    return image
+
+
+def upright_8bit(image: Image.Image) -> Image.Image:
+    """Decode an opened image as :func:`read_image` describes."""
+    image = ImageOps.exif_transpose(image)
+    image.load()
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float32)
+        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / full_scale * 255 + 0.5, 0, 255).astype(np.uint8))
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    mode = "RGBA" if has_alpha else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and 16-bit
+    images converted; transparency kept as an alpha channel. A UserError for a file that cannot be decoded or has
+    more than ``max_pixels`` pixels (refused from its header, before decoding)."""
+    with reading_errors(path), open_checked(path, max_pixels) as opened:
+        return upright_8bit(opened)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as upright 8-bit RGB (alpha dropped)."""
+    return read_image(path).convert("RGB")
