@@ -5,17 +5,32 @@ Kept apart from :mod:`fast_style.export` so that stylizing never imports Lightni
 
 from __future__ import annotations
 
+import platform
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 
 from fast_style.errors import UserError
 from fast_style.export import DTYPES, atomic_path, read_metadata, save_model
+
+
+def hardware(device: torch.device) -> str:
+    """What trained the model, for its record: the GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,14 +56,20 @@ class ExportCallback(pl.Callback):
         self.path, self.overwrite, self.dtype = Path(path), overwrite, dtype
         self.metadata = dict(metadata or {})
         self.run_id = uuid.uuid4().hex
+        self.seconds_before, self.started = 0.0, time.monotonic()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id, "train_seconds": self.train_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.run_id = state_dict["run_id"]
+        self.seconds_before = state_dict.get("train_seconds", 0.0)  # a resumed run adds to its earlier time
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.monotonic()
         if not self.path.exists():
             return
         try:
@@ -83,5 +104,7 @@ class ExportCallback(pl.Callback):
             "steps": trainer.global_step,
             "losses": losses,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "train_seconds": round(self.train_seconds()),
+            "hardware": hardware(pl_module.device),
         }
         save_model(pl_module.net, self.path, metadata, self.dtype)

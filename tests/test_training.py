@@ -73,6 +73,7 @@ def test_exported_model_reproduces_the_trained_network(trained):
     assert meta["steps"] == 30 and meta["style"]["name"] == "starry_night"
     assert len(meta["style"]["images"][0]["sha256"]) == 64
     assert meta["loss"]["network"] == "vgg19" and "train/loss" in meta["losses"]
+    assert meta["train_seconds"] > 0 and meta["hardware"]  # the training record shown in the gallery
     ckpt = torch.load(only_run(trained / "logs") / "checkpoints" / "last.ckpt", weights_only=True)
     reference = TransformerNet(**meta["model"])
     reference.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
@@ -107,7 +108,12 @@ def test_resume_continues_step_count_and_lr_schedule(trained):
     for step in range(20, 30):
         assert lr_resumed[step] == pytest.approx(lr_first[step], rel=1e-6)
     # The resumed run may update its own export (same run id) and records the total steps.
-    assert read_metadata(trained / "model.safetensors")["steps"] == 40
+    resumed_meta = read_metadata(trained / "model.safetensors")
+    assert resumed_meta["steps"] == 40
+    # Training time adds up over both runs: the resume starts from the time recorded at step 20.
+    state = torch.load(first / "checkpoints" / "step000020.ckpt", weights_only=True)["callbacks"]
+    (before,) = [v["train_seconds"] for k, v in state.items() if k.startswith("ExportCallback")]
+    assert resumed_meta["train_seconds"] >= before > 0
 
 
 def test_an_existing_model_file_is_never_overwritten(trained, tmp_path):

@@ -1,0 +1,44 @@
+"""The gallery: a contact sheet of photos × styles and each model's training record."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fast_style.errors import UserError
+from fast_style.export import save_model
+from fast_style.gallery import main
+from fast_style.network import TransformerNet
+
+from .conftest import SAMPLES
+
+
+def test_contact_sheet_has_a_row_per_photo_and_a_column_per_style_and_records(tmp_path):
+    models = []
+    for i, name in enumerate(["inky", "pastel"]):
+        torch.manual_seed(i)
+        models.append(tmp_path / f"{name}.safetensors")
+        metadata = {"style": {"name": name}, "steps": 1000 + i, "losses": {"train/content": 0.5, "train/style": 0.25}}
+        save_model(TransformerNet(width=0.25), models[-1], {**metadata, "train_seconds": 5400, "hardware": "CPU"})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(SAMPLES.glob("*.jpg"))[:2]:
+        shutil.copy(path, photos)
+    output = tmp_path / "docs" / "gallery.md"
+
+    main([f"styles=[{models[0]},{models[1]}]", f"content={photos}", "size=48", f"output={output}"])
+
+    sheet = np.asarray(Image.open(tmp_path / "docs" / "gallery" / "contact_sheet.jpg"), dtype=np.float32)
+    assert sheet.shape == (2 * 48, 3 * 48, 3)
+    photo, inky, pastel = (sheet[:48, 48 * c : 48 * (c + 1)] for c in range(3))
+    assert np.abs(inky - photo).mean() > 5 and np.abs(inky - pastel).mean() > 5  # each column is its own style
+    text = output.read_text()
+    assert "](gallery/contact_sheet.jpg)" in text
+    assert "| inky | 1000 | 1.5 h | CPU |" in text and "| pastel | 1001 |" in text and "0.5 / 0.25 / ?" in text
+
+    with pytest.raises(UserError, match="exists already; pass overwrite=true"):
+        main([f"styles=[{models[0]}]", f"content={photos}", f"output={output}"])
