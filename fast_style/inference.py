@@ -93,7 +93,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def to_image(tensor: torch.Tensor) -> Image.Image:
-    array = (tensor[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    array = tensor[0].float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
 
 
@@ -199,7 +199,8 @@ class Stylizer:
             if tile is None:
                 out = self.forward(x)
             else:
-                out = torch.cat([stylize_tiled(self.net, image[None], tile) for image in x])
+                tiled = [stylize_tiled(self.net, image[None], tile) for image in x]
+                out = tiled[0] if len(tiled) == 1 else torch.cat(tiled)
         return out.float().to(images.device)
 
     def __call__(
@@ -219,7 +220,8 @@ class Stylizer:
         out = self.stylize_tensor(content)
         if keep_color:
             out = preserve_color(out, content)
-        out = strength * out + (1 - strength) * content
+        if strength < 1:
+            out = torch.lerp(content, out, strength)
         result = to_image(out)
         if image.mode in ("RGBA", "LA"):
             result.putalpha(image.getchannel("A"))

@@ -8,10 +8,13 @@ tile by its own statistics, so a sky tile and a street tile come out in differen
 the statistics of the whole image: a pass over the tiles up to that layer adds up its input's
 per-channel sums, every pixel counted once, before the next layer is tiled.
 
-The full-resolution encoder and decoder are tiled this way; the residual blocks, whose receptive
-field is large, run on the whole image at a quarter of its resolution (16× fewer pixels). The
-result equals the untiled pass up to float rounding, so there is no seam to feather, and memory is
-bounded by the tile size plus the quarter-resolution features (about 0.5 KB per pixel of the image).
+The full-resolution encoder and decoder are tiled this way, recomputing the layers before each
+norm rather than keeping full-resolution features. The residual blocks work at a quarter of the
+resolution (16× fewer pixels), where keeping whole feature maps is affordable: there each norm's
+input is kept whole and the convolutions run in tiles. The result equals the untiled pass up to
+float rounding, so there is no seam to feather. Memory is bounded by the tile size plus three
+quarter-resolution feature maps (a 3840×2160 photo: 1.5 GB peak for the whole process, against
+about 5 GB untiled).
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ def leaf_layers(module: nn.Module) -> list[nn.Module]:
 
 
 def run_layers(layers: Sequence[nn.Module], x: torch.Tensor, stats: Stats) -> torch.Tensor:
-    """Apply ``layers``, with every instance norm using the whole-image statistics in ``stats``."""
+    """Apply ``layers`` (in inference mode), with every instance norm using the whole-image statistics in
+    ``stats``."""
     for layer in layers:
         if isinstance(layer, nn.InstanceNorm2d):
             mean, var = stats[layer]
-            y = (x.float() - mean[:, None, None]) * torch.rsqrt(var[:, None, None] + layer.eps)
-            if layer.affine:
-                y = y * layer.weight[:, None, None] + layer.bias[:, None, None]
-            x = y.to(x.dtype)
+            scale = torch.rsqrt(var + layer.eps) * (layer.weight if layer.affine else 1)
+            shift = (layer.bias if layer.affine else 0) - mean * scale
+            x = torch.addcmul(shift[:, None, None], x.float(), scale[:, None, None]).to(x.dtype)
         else:
             x = layer(x)
     return x
@@ -74,9 +77,11 @@ def map_tiles(
             bottom, right = min(top + tile, height), min(left + tile, width)
             core = y[..., at(top - y0) : at(bottom - y0), at(left - x0) : at(right - x0)]
             if sums_only:
-                values = core.double().transpose(0, 1).flatten(1)
-                count = values.new_full(values.shape[:1], values.shape[1])
-                sums = sums + torch.stack([values.sum(1), values.pow(2).sum(1), count]).cpu()
+                # var_mean per tile needs no full-size temporaries; tiles are combined in float64.
+                var, mean = torch.var_mean(core.float(), dim=(0, 2, 3), correction=0)
+                count = core[:, 0].numel()
+                mean, var = mean.double().cpu(), var.double().cpu()
+                sums = sums + torch.stack([mean * count, (var + mean.pow(2)) * count, torch.full_like(mean, count)])
                 continue
             if out is None:
                 out = y.new_empty(*y.shape[:2], at(height), at(width))
@@ -84,15 +89,35 @@ def map_tiles(
     return sums if sums_only else out  # type: ignore[return-value]
 
 
-def run_tiled(layers: Sequence[nn.Module], x: torch.Tensor, stats: Stats, tile: int, halo: int) -> torch.Tensor:
-    """``layers`` over ``x`` tile by tile, first gathering whole-image statistics for each instance norm."""
+def run_tiled(
+    layers: Sequence[nn.Module],
+    x: torch.Tensor,
+    stats: Stats,
+    tile: int,
+    halo: int,
+    finish: Callable[[torch.Tensor], torch.Tensor] = lambda y: y,
+) -> torch.Tensor:
+    """``layers`` (then ``finish``) over ``x`` tile by tile, first gathering whole-image statistics for each
+    instance norm."""
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.InstanceNorm2d):
             total, squares, count = map_tiles(lambda t, i=i: run_layers(layers[:i], t, stats), x, tile, halo, True)
             mean = total / count
             var = (squares / count - mean.pow(2)).clamp_min(0)
             stats[layer] = (mean.float().to(x.device), var.float().to(x.device))
-    return map_tiles(lambda t: run_layers(layers, t, stats), x, tile, halo)
+    return map_tiles(lambda t: finish(run_layers(layers, t, stats)), x, tile, halo)
+
+
+def run_materialized(layers: Sequence[nn.Module], x: torch.Tensor, stats: Stats, tile: int, halo: int) -> torch.Tensor:
+    """``layers`` over ``x``, keeping the whole input of every instance norm (no recomputation, two whole
+    tensors at a time) and running the layers between them in tiles (bounded convolution workspace)."""
+    cuts = [i for i, layer in enumerate(layers) if isinstance(layer, nn.InstanceNorm2d)]
+    for start, end in zip([0, *cuts], [*cuts, len(layers)]):
+        if start in cuts:
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+            stats[layers[start]] = (mean, var)
+        x = map_tiles(lambda t, start=start, end=end: run_layers(layers[start:end], t, stats), x, tile, halo)
+    return x
 
 
 def stylize_tiled(net: TransformerNet, images: torch.Tensor, tile: int) -> torch.Tensor:
@@ -101,6 +126,7 @@ def stylize_tiled(net: TransformerNet, images: torch.Tensor, tile: int) -> torch
     stats: Stats = {}
     height, width = images.shape[-2:]
     features = run_tiled(leaf_layers(net.encoder), pad_to_multiple_of_4(images), stats, tile, HALO)
-    features = net.residuals(features)
-    out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4)
-    return to_unit_range(out)[..., :height, :width]
+    for block in net.residuals:  # ResidualBlock.forward, with the sum in place (one tensor less at a time)
+        features += run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4)
+    out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, to_unit_range)
+    return out[..., :height, :width]
