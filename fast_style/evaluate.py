@@ -189,7 +189,8 @@ class Yardstick:
     def optimize(
         self, path: Path, content: torch.Tensor, iterations: list[int], seed: int, progress: Progress
     ) -> tuple[dict[int, dict[str, float]], torch.Tensor]:
-        """Measurements at each of ``iterations`` (with optimizer seconds so far) and the last image."""
+        """Measurements at each of ``iterations`` (with the optimizer's seconds and loss evaluations so far)
+        and the last image."""
         if path not in self.optimized:
             features = self.loss.content_targets(content)
             results: dict[int, dict[str, float]] = {}
@@ -198,7 +199,8 @@ class Yardstick:
             def on_step(step: Step) -> None:
                 progress.update(task, completed=step.iteration)
                 if step.iteration in iterations:
-                    results[step.iteration] = {**self.measure(step.image, content, features), "seconds": step.seconds}
+                    measured = self.measure(step.image, content, features)
+                    results[step.iteration] = {**measured, "seconds": step.seconds, "evaluations": step.evaluations}
 
             final = optimize_image(self.loss, content, iterations[-1], "lbfgs", seed=seed, on_step=on_step)
             progress.remove_task(task)

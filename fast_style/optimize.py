@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "mix")
 # Step sizes on [0, 1] pixels: L-BFGS scales its steps by its curvature estimate, Adam moves each pixel by ~lr.
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
-LBFGS_HISTORY = 20  # curvature pairs kept: 20 full-size images of memory, enough for a few hundred iterations
+LBFGS_HISTORY = 20  # curvature pairs kept (2 images each)
+MAX_BACKTRACKS = 5  # step halvings tried before L-BFGS gives up on its memory and restarts
+ARMIJO = 1e-4  # sufficient decrease: the loss must fall by at least this fraction of the predicted decrease
 # Command-line keys that configure the style and the loss (as for train.py); with method=optimize they are
 # handed to the composed training config through optimize.overrides.
 STYLE_OVERRIDE = re.compile(r"^\+{0,2}(style\.[\w.]+|loss|loss\.[\w.]+)=")
@@ -39,19 +42,21 @@ STYLE_OVERRIDE = re.compile(r"^\+{0,2}(style\.[\w.]+|loss|loss\.[\w.]+)=")
 
 @dataclass
 class Step:
-    """What an ``on_step`` callback sees after each update."""
+    """What an ``on_step`` callback sees after each iteration."""
 
-    iteration: int  # updates done so far
+    iteration: int  # iterations done so far
     image: torch.Tensor  # the current iterate, (1, 3, H, W) in [0, 1]; do not modify
-    terms: dict[str, float]  # losses of the iterate before this update (the last one the optimizer evaluated)
+    terms: dict[str, float]  # the latest loss evaluation (L-BFGS: of this iterate; Adam: of the one before)
     seconds: float  # optimizer time so far, callbacks excluded
+    evaluations: int  # loss evaluations (forward + backward) so far
 
 
 @dataclass
 class OptimizationResult:
     image: torch.Tensor  # the final iterate, (1, 3, H, W) in [0, 1]
-    history: list[dict[str, float]]  # history[k]: loss terms of the iterate after k updates, k = 0 … iterations
-    seconds: float  # optimizer time, callbacks and the final measurement excluded
+    history: list[dict[str, float]]  # history[k]: loss terms of the iterate after k iterations, k = 0 … iterations
+    seconds: float  # optimizer time, callbacks excluded
+    evaluations: int  # loss evaluations, the final measurement of Adam's last iterate included
 
 
 def initial_image(content: torch.Tensor, init: str, noise_ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -95,42 +100,105 @@ def optimize_image(
     on_step: Callable[[Step], None] | None = None,
 ) -> OptimizationResult:
     """Optimize an image of ``content``'s size (1, 3, H, W, in [0, 1], on ``loss``'s device) for ``iterations``
-    steps of L-BFGS or Adam, one loss evaluation per step, clamping the pixels to [0, 1] after each."""
+    iterations of L-BFGS or Adam; every iterate has its pixels in [0, 1]."""
     lr = check_options(iterations, optimizer, lr, init, noise_ratio)
     content = content.float().contiguous()
-    image = initial_image(content, init, noise_ratio, torch.Generator().manual_seed(seed)).requires_grad_(True)
     content_features = loss.content_targets(content)
-    if optimizer == "lbfgs":
-        # One L-BFGS iteration per step() (its memory persists between calls), so every iterate can be clamped.
-        # Zero tolerances: always run the requested number of iterations.
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [image], lr=lr, max_iter=1, history_size=LBFGS_HISTORY, tolerance_grad=0.0, tolerance_change=0.0
-        )
-    else:
-        opt = torch.optim.Adam([image], lr=lr)
+    image = initial_image(content, init, noise_ratio, torch.Generator().manual_seed(seed)).clamp(0, 1)
+    evaluations = 0
 
+    def evaluate(x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """Loss terms at ``x`` and the gradient of the total."""
+        nonlocal evaluations
+        evaluations += 1
+        x = x.detach().requires_grad_(True)
+        terms = loss(x, content, content_features)
+        (grad,) = torch.autograd.grad(terms["loss"], x)
+        return {name: float(value.detach()) for name, value in terms.items()}, grad
+
+    run = projected_lbfgs if optimizer == "lbfgs" else clamped_adam
     history: list[dict[str, float]] = []
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        terms = loss(image, content, content_features)
-        terms["loss"].backward()
-        history.append({name: float(value.detach()) for name, value in terms.items()})
-        return terms["loss"]
-
     seconds = 0.0
+    steps = run(evaluate, image, iterations, lr, history)
     for iteration in range(1, iterations + 1):
         start = time.perf_counter()
-        opt.step(closure)
-        with torch.no_grad():
-            image.clamp_(0, 1)
+        image = next(steps)
         seconds += time.perf_counter() - start
         if on_step is not None:
-            on_step(Step(iteration, image.detach(), history[-1], seconds))
-    with torch.no_grad():
-        final = loss(image, content, content_features)
-    history.append({name: float(value) for name, value in final.items()})
-    return OptimizationResult(image.detach(), history, seconds)
+            on_step(Step(iteration, image, history[-1], seconds, evaluations))
+    if optimizer == "adam":  # Adam evaluates each iterate before moving on: measure the last one too
+        history.append(evaluate(image)[0])
+    return OptimizationResult(image, history, seconds, evaluations)
+
+
+Evaluate = Callable[[torch.Tensor], tuple[dict[str, float], torch.Tensor]]
+
+
+def projected_lbfgs(
+    evaluate: Evaluate, x: torch.Tensor, iterations: int, lr: float, history: list[dict[str, float]]
+) -> Iterator[torch.Tensor]:
+    """L-BFGS kept inside [0, 1] by projection; yields each iterate, appending its loss terms to ``history``.
+
+    Pixels held at a bound by their gradient are left out of the quasi-Newton step; each step is clamped, and
+    the curvature pair is the step actually taken. A backtracking (Armijo) search along the clamped path keeps
+    the loss from jumping up: usually the first trial is accepted (one evaluation per iteration).
+    """
+    terms, grad = evaluate(x)
+    history.append(terms)
+    pairs: deque[tuple[torch.Tensor, torch.Tensor, float]] = deque(maxlen=LBFGS_HISTORY)
+    for _ in range(iterations):
+        free = ~(((x <= 0) & (grad > 0)) | ((x >= 1) & (grad < 0)))
+        direction = -two_loop(grad * free, pairs) * free
+        # The first step is scaled to a small total change; later ones trust the curvature estimate.
+        t = lr if pairs else lr * min(1.0, 1.0 / float((grad * free).abs().sum().clamp_min(1e-12)))
+        for _trial in range(MAX_BACKTRACKS + 1):
+            new_x = (x + t * direction).clamp(0, 1)
+            new_terms, new_grad = evaluate(new_x)
+            if new_terms["loss"] <= terms["loss"] + ARMIJO * float((grad * (new_x - x)).sum()):
+                break
+            t /= 2
+        else:
+            pairs.clear()  # no sufficient decrease even with a tiny step: the curvature memory misleads
+        s, y = new_x - x, new_grad - grad
+        sy = float((s * y).sum())
+        if sy > 1e-10:
+            pairs.append((s, y, 1.0 / sy))
+        x, terms, grad = new_x, new_terms, new_grad
+        history.append(terms)
+        yield x
+
+
+def two_loop(grad: torch.Tensor, pairs: deque[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+    """The L-BFGS two-loop recursion: the inverse-Hessian estimate times ``grad``."""
+    q = grad.clone()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        alpha = rho * float((s * q).sum())
+        q -= alpha * y
+        alphas.append(alpha)
+    if pairs:
+        s, y, _ = pairs[-1]
+        q *= float((s * y).sum()) / float((y * y).sum())
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+        beta = rho * float((y * q).sum())
+        q += (alpha - beta) * s
+    return q
+
+
+def clamped_adam(
+    evaluate: Evaluate, x: torch.Tensor, iterations: int, lr: float, history: list[dict[str, float]]
+) -> Iterator[torch.Tensor]:
+    """Adam on the pixels, clamped to [0, 1] after every step; yields each iterate (``history`` gets the loss
+    terms of the iterate each step started from)."""
+    x = x.clone().requires_grad_(True)
+    adam = torch.optim.Adam([x], lr=lr)
+    for _ in range(iterations):
+        terms, x.grad = evaluate(x)
+        history.append(terms)
+        adam.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        yield x.detach()
 
 
 def optimize_argv(argv: list[str]) -> list[str]:

@@ -115,13 +115,14 @@ def test_two_checkpoints_are_measured_on_the_same_photos_and_report_every_field(
         for part in (row, model["mean"]):
             assert set(part["network"]) == TERMS | {"seconds"} and set(part["photo"]) == TERMS
             assert set(part["optimizer"]) == {"2", "4"}
-            assert all(set(v) == TERMS | {"seconds"} for v in part["optimizer"].values())
+            assert all(set(v) == TERMS | {"seconds", "evaluations"} for v in part["optimizer"].values())
             assert set(part["equivalent_iterations"]) == {"estimate", "lower", "upper"}
         net, opt = row["network"], row["optimizer"]
         assert net["total"] == pytest.approx(net["content"] + 0.3 * net["style"] + 2.0 * net["tv"], rel=1e-4)
         assert row["photo"]["content"] < 1e-6 and row["photo"]["ssim"] == pytest.approx(1.0, abs=1e-5)
         assert opt["4"]["total"] < opt["2"]["total"] < row["photo"]["total"]  # the optimizer makes progress
         assert opt["4"]["seconds"] > opt["2"]["seconds"] > 0 and net["seconds"] > 0
+        assert opt["4"]["evaluations"] >= 5 and opt["2"]["evaluations"] >= 3  # the start, then one or more per step
         # An untrained network is worse than 2 L-BFGS steps: a bound, not an invented number.
         assert row["equivalent_iterations"] == {"estimate": None, "lower": 0.0, "upper": 2.0}
     # One yardstick: the optimizer ran once and both models are compared with the same numbers.

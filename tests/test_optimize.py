@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -15,7 +16,14 @@ from PIL import Image
 from fast_style.config import CONFIG_DIR, compose_train_config
 from fast_style.errors import UserError
 from fast_style.inference import to_tensor
-from fast_style.optimize import check_method, initial_image, optimize_argv, optimize_files, optimize_image
+from fast_style.optimize import (
+    check_method,
+    initial_image,
+    optimize_argv,
+    optimize_files,
+    optimize_image,
+    projected_lbfgs,
+)
 from fast_style.style import load_style_image
 from fast_style.training import build_loss
 
@@ -57,9 +65,29 @@ def test_optimization_halves_the_loss_in_20_iterations_and_keeps_valid_images(st
     assert all(s.image.min() >= 0 and s.image.max() <= 1 for s in seen)  # every iterate is a valid image
     assert result.image.shape == content.shape and len(result.history) == 21
     assert result.history[20]["loss"] < 0.5 * result.history[0]["loss"]
+    if optimizer == "lbfgs":  # its line search never lets the loss go up
+        assert all(b["loss"] <= a["loss"] for a, b in itertools.pairwise(result.history))
     assert result.history[0]["content"] < 1e-6  # initialised from the photo
     # The last entry is the loss of the returned image itself.
     assert starry_loss(result.image, content)["loss"].item() == pytest.approx(result.history[-1]["loss"], rel=1e-4)
+
+
+def test_projected_lbfgs_finds_the_minimum_inside_the_bounds():
+    """An ill-conditioned quadratic whose unconstrained minimum lies partly outside [0, 1]: the answer is its
+    clamp, and the loss never goes up on the way."""
+    target = torch.linspace(-0.5, 1.5, 48).view(1, 3, 4, 4)
+    curvature = torch.linspace(0.5, 20.0, 48).view_as(target)
+
+    def evaluate(x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        residual = x - target
+        return {"loss": float(0.5 * (curvature * residual**2).sum())}, curvature * residual
+
+    history: list[dict[str, float]] = []
+    iterates = list(projected_lbfgs(evaluate, torch.full_like(target, 0.5), 40, 1.0, history))
+    assert len(iterates) == 40 and len(history) == 41
+    assert all(x.min() >= 0 and x.max() <= 1 for x in iterates)
+    assert torch.allclose(iterates[-1], target.clamp(0, 1), atol=1e-4)
+    assert all(b["loss"] <= a["loss"] for a, b in itertools.pairwise(history))
 
 
 def test_noise_inits_are_seeded_and_mix_lies_between():
@@ -152,3 +180,13 @@ def test_existing_outputs_and_inputs_are_never_overwritten(tmp_path):
     (tmp_path / "photo_wave.jpg").write_bytes(b"")
     with pytest.raises(UserError, match="1 output file.s. exist already, e.g. .*photo_wave.jpg; pass overwrite=true"):
         optimize_files(stylize_config("method=optimize", "style=wave", f"input={photo}", f"output={tmp_path}"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_optimization_on_the_gpu_matches_the_cpu(starry_loss):
+    content = small_photo()
+    cpu = optimize_image(starry_loss, content, 10)
+    gpu_loss = build_loss(compose_train_config(["style=starry_night", "style.size=128"])).to("cuda")
+    gpu = optimize_image(gpu_loss, content.to("cuda"), 10)
+    assert gpu.image.device.type == "cuda"
+    assert gpu.history[-1]["loss"] == pytest.approx(cpu.history[-1]["loss"], rel=0.05)
