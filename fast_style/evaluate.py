@@ -310,7 +310,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
             "images": len(photos),
             "size": cfg.size,
             "iterations": iterations,
-            "optimizer": "lbfgs, init from the photo, pixels clamped to [0, 1] after every step",
+            "optimizer": "projected L-BFGS (pixels kept in [0, 1]), initialised from the photo",
             "seed": cfg.seed,
             "device": str(device),
             "torch": torch.__version__,
