@@ -77,3 +77,13 @@ def fiftyone(tmp_path_factory) -> Iterator[ModuleType]:
 
         assert Path(fiftyone.config.database_dir) == root / "db"
         yield fiftyone
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module of small-image tests: on a busy 2-core machine a second thread
+    gains nothing and can cost several times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,13 +25,7 @@ from .conftest import ROOT, SAMPLES, photo
 TERMS = {"content", "style", "tv", "total", "ssim"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Images this small gain nothing from a second thread; on a busy 2-core machine it costs several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CURVE = {50: 4.0, 100: 3.0, 200: 2.0, 300: 1.5}

@@ -33,13 +33,7 @@ SHARED_PHOTO = Path("/work/shared/data/content/amber.jpg")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Images this small gain nothing from a second thread; on a busy 2-core machine it costs several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_photo(size: int = 64) -> torch.Tensor:
