@@ -17,6 +17,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 
+from fast_style.config import cpu_info
 from fast_style.errors import UserError
 from fast_style.export import DTYPES, atomic_path, read_metadata, save_model
 
@@ -25,11 +26,7 @@ def hardware(device: torch.device) -> str:
     """What trained the model, for its record: the GPU's name, or the CPU's model and core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    except OSError:
-        names = []
+    names = [line.split(":", 1)[1].strip() for line in cpu_info().splitlines() if line.startswith("model name")]
     return f"{names[0] if names else platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,14 +19,27 @@ def gpu_amp_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def cpu_info() -> str:
+    """The text of /proc/cpuinfo, or "" where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16
     and a training step gets tens of times slower than fp32 (measured on an AVX2-only AMD EPYC)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = cpu_info().split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def parse_key_values(defaults: dict[str, Any], argv: list[str]) -> DictConfig:
+    """``key=value`` command-line arguments over ``defaults`` (for the ``python -m fast_style.*`` tools)."""
+    try:
+        return OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
+    except Exception as e:
+        raise UserError(f"could not read the arguments {argv} ({e}); use key=value pairs") from e
 
 
 def cpu_precision() -> str:

@@ -119,15 +119,11 @@ def export_onnx(net: TransformerNet, path: str | Path, opset: int = 18) -> None:
 
 def main(argv: list[str]) -> None:
     """``python -m fast_style.export style=NAME|PATH format=onnx|torchscript output=FILE [overwrite=true]``"""
-    from omegaconf import OmegaConf
-
+    from fast_style.config import parse_key_values
     from fast_style.inference import find_model
 
     defaults = {"style": "starry_night", "format": "onnx", "output": None, "opset": 18, "overwrite": False}
-    try:
-        cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
-    except Exception as e:
-        raise UserError(f"could not read the arguments {argv} ({e}); use key=value pairs") from e
+    cfg = parse_key_values(defaults, argv)
     if cfg.format not in ("onnx", "torchscript"):
         raise UserError(f"format must be onnx or torchscript, got {cfg.format!r}")
     source = find_model(cfg.style)

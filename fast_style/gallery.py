@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from fast_style.config import PROJECT_ROOT
+from fast_style.config import PROJECT_ROOT, parse_key_values
 from fast_style.errors import UserError, exit_on_user_error
 from fast_style.export import atomic_path
 from fast_style.images import read_image
@@ -81,12 +81,7 @@ def markdown(records: list[dict[str, str]], sheet: Path, output: Path, photos: i
 
 
 def main(argv: list[str]) -> Path:
-    from omegaconf import OmegaConf
-
-    try:
-        cfg = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv))
-    except Exception as e:
-        raise UserError(f"could not read the arguments {argv} ({e}); use key=value pairs") from e
+    cfg = parse_key_values(DEFAULTS, argv)
     styles = cfg.styles
     if styles is None:
         styles = sorted(str(p) for p in (PROJECT_ROOT / "checkpoints").glob("*.safetensors"))
