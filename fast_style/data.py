@@ -7,13 +7,14 @@ validation photos whose stylisations are logged during training.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
 import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
@@ -129,6 +130,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         val_size: int = 256,
         val_max_images: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        exclude: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("image_size", image_size), ("val_size", val_size)):
@@ -143,6 +145,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.image_size, self.crop_scale, self.batch_size = image_size, (low, high), batch_size
         self.num_workers, self.val_size, self.val_max_images = num_workers, val_size, val_max_images
         self.max_pixels = check_max_pixels(max_pixels)
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
 
     def train_files(self) -> list[Path]:
         """The training images; other sources (COCO, FiftyOne) override only this."""
@@ -150,9 +153,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         to_float = v2.ToDtype(torch.float32, scale=True)
-        crop = v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True)
+        # Square crops (ratio 1): RandomResizedCrop's default 3:4-4:3 range would stretch the photos.
+        crop = v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, ratio=(1.0, 1.0), antialias=True)
+        files = self.train_files()
+        kept = without_copies(files, excluded_files(self.exclude))
+        if len(kept) < len(files):
+            rank_zero_info(f"data.exclude: left out {len(files) - len(kept)} of {len(files)} training images")
         self.train_set = ImageFiles(
-            self.train_files(),
+            kept,
             v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), to_float]),
             self.max_pixels,
             partial(crop_reduction, size=self.image_size, min_scale=crop.scale[0], ratio=crop.ratio),
@@ -187,6 +195,39 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader[Batch] | list:
         return self._loader(self.val_set, train=False) if len(self.val_set) else []
+
+
+def excluded_files(specs: Sequence[str]) -> list[Path]:
+    """The files named by ``data.exclude``: image files, folders of images, or text files listing one path a line
+    (relative to the list's folder). A missing path is an error: a typo must not silently exclude nothing."""
+    files: list[Path] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files += list_images(path, "data.exclude")
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            files += [path.parent / line for line in lines if line and not line.startswith("#")]
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"data.exclude: {path} does not exist; give image files, folders or .txt lists of paths")
+    return files
+
+
+def without_copies(files: list[Path], excluded: list[Path]) -> list[Path]:
+    """``files`` less every file with the same bytes as one of ``excluded`` (wherever either lies: the validation
+    photos are often copies inside the training folder). Only files of an excluded size are hashed."""
+    if not excluded:
+        return files
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    existing = [path for path in excluded if path.is_file()]
+    sizes = {path.stat().st_size for path in existing}
+    hashes = {digest(path) for path in existing}
+    return [path for path in files if not (path.stat().st_size in sizes and digest(path) in hashes)]
 
 
 class CocoDataModule(ImageFolderDataModule):

@@ -86,6 +86,21 @@ def load_lightning_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any
     return build_network(config, state, path), {"model": config, "steps": checkpoint.get("global_step")}
 
 
+def load_network(style: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
+    """The network and metadata of a style name, a ``.safetensors`` model file or a Lightning ``.ckpt``;
+    ``metadata["path"]`` says which file it came from."""
+    path = find_model(style)
+    if path.suffix == ".ckpt":
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} does not exist")
+        net, metadata = load_lightning_checkpoint(path)
+        metadata["style"] = {"name": path.stem}
+    else:
+        net, metadata = load_model(path)
+    metadata["path"] = str(path)
+    return net, metadata
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB(A) PIL image → (1, 3, H, W) float in [0, 1] (alpha dropped)."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -170,15 +185,7 @@ class Stylizer:
     ) -> Stylizer:
         """From a style name (``checkpoints/<name>.safetensors``), a ``.safetensors`` model file,
         or a Lightning ``.ckpt`` training checkpoint."""
-        path = find_model(style)
-        if path.suffix == ".ckpt":
-            if not path.is_file():
-                raise UserError(f"checkpoint {path} does not exist")
-            net, metadata = load_lightning_checkpoint(path)
-            metadata["style"] = {"name": path.stem}
-        else:
-            net, metadata = load_model(path)
-        metadata["path"] = str(path)
+        net, metadata = load_network(style)
         return cls(net, metadata, device, precision, tile, compile)
 
     @torch.inference_mode()

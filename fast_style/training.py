@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
 from fast_style.config import check_config
+from fast_style.errors import UserError
+from fast_style.inference import load_network
 from fast_style.loss import PerceptualLoss
 from fast_style.module import StyleTransferModule
+from fast_style.network import TransformerNet
 from fast_style.style import as_list, file_sha256, load_style_image
+
+log = logging.getLogger(__name__)
 
 
 def build_loss(cfg: DictConfig) -> PerceptualLoss:
@@ -27,10 +33,28 @@ def build_loss(cfg: DictConfig) -> PerceptualLoss:
     return loss
 
 
+def warm_start(net: TransformerNet, init: str) -> TransformerNet:
+    """``net`` with the weights of another model (a style name, model file or ``.ckpt``), so that a new style
+    starts from a network that already draws photos instead of relearning it. The architectures must match."""
+    source, metadata = load_network(init)
+    if source.config() != net.config():
+        raise UserError(
+            f"init={init} is a {source.config()} network, but model= builds {net.config()}; "
+            "set the model.* keys to match it, or start from another model"
+        )
+    net.load_state_dict(source.state_dict())
+    log.info("init: starting from the weights of %s", metadata["path"])
+    return net
+
+
 def build_module(cfg: DictConfig) -> StyleTransferModule:
-    """Transformer + perceptual loss with its style targets set + optimiser factories."""
+    """Transformer (from ``init=`` weights if set) + perceptual loss with its style targets set + optimiser
+    factories."""
+    net = instantiate(cfg.model)
+    if cfg.get("init"):
+        net = warm_start(net, str(cfg.init))
     return StyleTransferModule(
-        net=instantiate(cfg.model),
+        net=net,
         loss=build_loss(cfg),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
