@@ -19,6 +19,7 @@ from fast_style.evaluate import LUMA, as_saved, equivalent_iterations, format_eq
 from fast_style.export import save_model
 from fast_style.inference import to_image, to_tensor
 from fast_style.network import TransformerNet
+from fast_style.style import file_sha256
 
 from .conftest import ROOT, SAMPLES, photo
 
@@ -196,3 +197,31 @@ def test_photos_are_centre_cropped_squares_at_the_requested_size(tmp_path):
     assert torch.equal(content[0, :, 20, 20], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.equal(content[0, :, 20, 2], torch.tensor([1.0, 0.0, 0.0]))
     assert torch.equal(content[0, :, 20, 37], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_a_model_is_measured_by_its_own_recorded_objective_unless_told_otherwise(tmp_path, content_dir):
+    """A model trained with other weights than its style's config (an experiment, a new style) is measured against
+    what it was trained for; loss_style= measures it with a style config instead."""
+    torch.manual_seed(3)
+    painting = ROOT / "data" / "styles" / "wave.jpg"
+    loss = {"_target_": "fast_style.loss.PerceptualLoss", "preset": "johnson", "style_weight": 7.0, "tv_weight": 0.5}
+    recorded = {
+        "style": {"name": "my_wave", "images": [{"path": str(painting), "sha256": file_sha256(painting)}], "size": 128},
+        "loss": loss,
+    }
+    model = tmp_path / "my_wave.safetensors"
+    save_model(TransformerNet(width=0.25), model, recorded)
+    settings = [f"content={content_dir}", "size=48", "iterations=[2,4]", f"cache={tmp_path / 'cache'}"]
+    own = main([f"style={model}", *settings, f"output={tmp_path / 'own'}"])["models"][0]
+    assert own["yardstick"]["objective"] == str(model) and own["yardstick"]["loss"]["style_weight"] == 7.0
+    net = own["mean"]["network"]
+    assert net["total"] == pytest.approx(net["content"] + 7.0 * net["style"] + 0.5 * net["tv"], rel=1e-4)
+    # The optimizer's results were cached: a second run reads them instead of optimizing again.
+    cached = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
+    assert cached == [".json", ".png"]
+    again = main([f"style={model}", *settings, f"output={tmp_path / 'again'}"])["models"][0]
+    assert again["images"][0]["optimizer"] == own["images"][0]["optimizer"]
+
+    other = main([f"style={model}", *settings, "loss_style=wave", "style.size=128", f"output={tmp_path / 'cfg'}"])
+    yardstick = other["models"][0]["yardstick"]
+    assert yardstick["objective"] == "configs/style/wave.yaml" and yardstick["loss"]["style_weight"] != 7.0
