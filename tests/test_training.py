@@ -218,3 +218,10 @@ def test_init_from_another_architecture_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: init={other} is a ") and "set the model.* keys to match it" in line
+
+
+def test_the_progress_bar_counts_the_whole_run_not_each_epoch(tmp_path):
+    # 12 photos in batches of 2 are 6 steps an epoch: a per-epoch bar would restart at 0/6.
+    result = run_train(tmp_path, *FAST, "trainer.max_steps=9", "data.batch_size=2", "export.path=model.safetensors")
+    output = result.stdout + result.stderr
+    assert "9/9" in output and "/6 " not in output and "Training (epoch 1)" in output
