@@ -177,7 +177,8 @@ def own_objective(entry: str, stylizer: Stylizer) -> tuple[str, dict[str, Any], 
     metadata, path = stylizer.metadata, Path(stylizer.metadata["path"])
     if path.suffix == ".ckpt":
         config_path, cfg = run_config(entry, path)
-        style, loss = OmegaConf.to_container(cfg.style), OmegaConf.to_container(cfg.loss)
+        style = OmegaConf.to_container(cfg.style, resolve=True)
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
         assert isinstance(style, dict) and isinstance(loss, dict)
         return str(config_path), style, loss
     if "loss" not in metadata or "images" not in metadata.get("style", {}):
