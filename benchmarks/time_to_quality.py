@@ -18,7 +18,9 @@ budget its last Lightning checkpoint within that much training time. A recipe wh
 its snapshots already is measured again without retraining.
 
 The last line is machine-readable, for the best recipe at the largest budget:
-``minutes_to_25=<first budget with >= 25 equivalent iterations, or none> equiv_at_<B>=<n> style_ratio=<r>``.
+``best=<recipe> minutes_to_25=<first budget with >= 25 equivalent iterations, or none> equiv_at_<B>=<n, or a
+bound like <5> style_ratio=<r>``. For ``--from-run``, a budget with no new checkpoint since the previous one is
+left out of the table.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ def run_checkpoints(name: str, run_dir: Path, budgets: list[float]) -> dict[floa
     chosen = {}
     for budget in budgets:
         within = [path for seconds, path in sorted(timed) if seconds <= 60 * budget]
+        if within and within[-1] in chosen.values():
+            continue  # no checkpoint between this budget and the last: the same model again
         if within:
             chosen[budget] = within[-1]
         else:
@@ -168,12 +172,14 @@ def main() -> None:
     print("| recipe | minutes | steps | equiv. L-BFGS iterations | style / photo's | SSIM |")
     print("|---|---|---|---|---|---|")
     summary: dict[str, list[tuple[float, float | None, float]]] = {}
+    shown_at: dict[tuple[str, float], str] = {}
     for (name, budget), result in results.items():
         mean = result["mean"]
         equivalent = mean["equivalent_iterations"]
         ratio = mean["network"]["style"] / mean["photo"]["style"]
         shown = f"{equivalent['estimate']:.1f}" if equivalent["estimate"] is not None else bound(equivalent)
         print(f"| {name} | {budget:g} | {result['steps']} | {shown} | {ratio:.3f} | {mean['network']['ssim']:.3f} |")
+        shown_at[(name, budget)] = shown
         value = equivalent["estimate"] if equivalent["estimate"] is not None else equivalent["lower"]
         summary.setdefault(name, []).append((budget, value, ratio))
 
@@ -185,8 +191,9 @@ def main() -> None:
     to_25 = next((b for b, v, _ in sorted(summary[best]) if v is not None and v >= 25), None)
     budget, value = final(best)
     ratio = max(summary[best])[2]
+    shown = shown_at[(best, budget)]
     print(f"best={best} minutes_to_25={'none' if to_25 is None else f'{to_25:g}'} "
-          f"equiv_at_{budget:g}={value:.1f} style_ratio={ratio:.3f}")  # fmt: skip
+          f"equiv_at_{budget:g}={shown} style_ratio={ratio:.3f}")  # fmt: skip
 
 
 def bound(equivalent: dict) -> str:
