@@ -279,6 +279,8 @@ def _pipeline(
     stop = threading.Event()
     failure: dict[str, BaseException | str] = {}
     step = 1 / (stream.time_base * stream.average_rate) if stream.time_base and stream.average_rate else 1
+    increment = max(1, round(step))
+    previous = -increment  # the last timestamp sent to the encoder, which needs them strictly increasing
 
     def read() -> None:
         batch: list[tuple[np.ndarray, Any]] = []
@@ -298,6 +300,7 @@ def _pipeline(
             batches.put(_END)
 
     def write() -> None:
+        ended = False
         try:
             while (item := to_mux.get()) is not _END:
                 kind, payload = item
@@ -314,6 +317,7 @@ def _pipeline(
                     frame = av.VideoFrame.from_ndarray(array, format="rgb24")
                     frame.pts, frame.time_base = pts, video.codec_context.time_base
                     output.mux(video.encode(frame))
+            ended = True
             output.mux(video.encode(None))
             for out, copied in audio_out.values():
                 if not copied:
@@ -321,7 +325,7 @@ def _pipeline(
         except BaseException as e:
             failure["writer"] = e
             stop.set()
-            while to_mux.get() is not _END:  # drain so that producers never block
+            while not ended and to_mux.get() is not _END:  # drain so that producers never block
                 pass
 
     reader, writer = threading.Thread(target=read, daemon=True), threading.Thread(target=write, daemon=True)
@@ -332,8 +336,11 @@ def _pipeline(
             arrays, stamps = zip(*batch)
             content = to_batch(list(arrays))
             styled = to_arrays(finishing((content, stabilizer(stylizer, content))))
-            stamps = [round((frames + i) * step) if pts is None else pts for i, pts in enumerate(stamps)]
-            to_mux.put(("video", list(zip(styled, stamps))))
+            timestamps = []
+            for pts in stamps:  # the source's timestamps; missing or out-of-order ones (AVI) continue at the rate
+                previous = pts if pts is not None and pts > previous else previous + increment
+                timestamps.append(previous)
+            to_mux.put(("video", list(zip(styled, timestamps))))
             frames += len(batch)
             if progress is not None:
                 rate = f"{frames / (time.perf_counter() - start):.2f} frames/s"
@@ -345,6 +352,8 @@ def _pipeline(
                 batches.get(timeout=0.1)
         to_mux.put(_END)
         writer.join()
+    if isinstance(failure.get("writer"), av.FFmpegError):
+        raise UserError(f"could not encode the stylized video ({failure['writer']})") from failure["writer"]  # type: ignore[misc]
     for key in ("reader", "writer"):
         if isinstance(failure.get(key), BaseException):
             raise failure[key]  # type: ignore[misc]
