@@ -145,7 +145,13 @@ class Stabilizer:
             self.norm_stats = MovingAverage(settings.momentum)
         elif stats == "clip":
             self.norm_stats = self.clip = ClipStatistics()
-        self.blender = Blender(settings.blend) if blend else None
+        self.blender = Blender(settings.blend, motion=blend == "motion") if blend else None
+
+    def prepare(self, stylizer: Stylizer, sample: torch.Tensor) -> None:
+        """``clip`` mode's first pass: the statistics of ``sample`` frames (spread over the clip) stylized as one."""
+        if self.clip is not None:
+            clip = self.clip
+            clip.gather(lambda frames: stylizer.stylize_tensor(frames, clip), sample)
 
     def __call__(self, stylizer: Stylizer, frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) frames in [0, 1], the next ones of the clip → their stylizations."""
@@ -217,8 +223,7 @@ def stylize_video(
         stabilizer = Stabilizer(settings)
         notes = []
         if stabilizer.clip is not None:
-            sample = sample_frames(source, (width, height), settings.clip_frames)
-            stabilizer.clip.gather(lambda f: stylizer.stylize_tensor(f, stabilizer.clip), sample)
+            stabilizer.prepare(stylizer, sample_frames(source, (width, height), settings.clip_frames))
         # 4:2:0 chroma needs even sides; odd-sized frames keep their size in 4:4:4 instead.
         pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         if pix_fmt == "yuv444p":

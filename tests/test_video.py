@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from rich.progress import Progress
 
@@ -17,7 +18,7 @@ from fast_style import Stylizer
 from fast_style.errors import UserError
 from fast_style.export import save_model
 from fast_style.network import TransformerNet
-from fast_style.stabilize import Blender, ClipStatistics, MovingAverage, parse_mode
+from fast_style.stabilize import Blender, ClipStatistics, MovingAverage, estimate_motion, move, parse_mode
 from fast_style.video import VideoSettings, stylize_video
 
 from .conftest import SAMPLES
@@ -250,9 +251,9 @@ def noisy_still(frames: int = 6, size: tuple[int, int] = (64, 48), sigma: float 
 
 
 def test_modes_parse_and_bad_ones_are_refused():
-    assert parse_mode("none") == ("none", False) and parse_mode("blend") == ("none", True)
-    assert parse_mode("ema+blend") == ("ema", True) and parse_mode("clip") == ("clip", False)
-    for bad in ("fast", "blend+ema"):
+    assert parse_mode("none") == ("none", None) and parse_mode("blend") == ("none", "blend")
+    assert parse_mode("ema+motion") == ("ema", "motion") and parse_mode("clip") == ("clip", None)
+    for bad in ("fast", "blend+ema", "none+blend"):
         with pytest.raises(UserError, match="video.stabilize must be one of"):
             parse_mode(bad)
     with pytest.raises(UserError, match="video.momentum"):
@@ -304,3 +305,40 @@ def test_blend_mixes_in_the_previous_output_only_where_the_input_is_unchanged():
     assert torch.allclose(out[1], torch.full_like(out[1], 0.4))  # unchanged input: halfway to the previous output
     assert torch.allclose(out[2, :, :, :8], torch.full((3, 32, 8), 0.7))  # unchanged left: blended
     assert torch.allclose(out[2, :, :, 19:], stylized[2, :, :, 19:])  # changed right: the new stylization
+
+
+def test_camera_motion_is_estimated_to_a_tenth_of_a_pixel_and_compensated():
+    """A real photo under a known affine camera motion (pan + zoom + a little rotation)."""
+    photo = torch.from_numpy(np.array(Image.open(sorted(SAMPLES.glob("*.jpg"))[1]).convert("RGB")))
+    photo = photo.permute(2, 0, 1)[None].float() / 255
+    angle = 0.01
+    cos, sin = float(np.cos(angle)), float(np.sin(angle))
+    true = torch.tensor([[1.02 * cos, -sin, 0.03], [sin, 1.02 * cos, -0.02]])
+    view = torch.tensor([[0.6, 0.0, 0.0], [0.0, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    previous = move(photo, view[:2])[0]  # frames see the middle of the photo, so no border enters
+    current = move(photo, (view @ torch.cat([true, torch.tensor([[0.0, 0.0, 1.0]])]))[:2])[0]
+    previous, current = (
+        F.interpolate(previous, (96, 128), antialias=True, mode="bilinear"),
+        F.interpolate(current, (96, 128), antialias=True, mode="bilinear"),
+    )
+    theta = estimate_motion(current, previous)
+    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]).T
+    pixels = ((theta - true) @ corners).abs() * torch.tensor([[64.0], [48.0]])  # normalised → pixels
+    assert pixels.max() < 0.1
+    assert torch.allclose(estimate_motion(current, current), torch.eye(2, 3), atol=1e-4)
+    # Moved by the estimate, the previous frame matches the current one far better than unmoved.
+    moved, inside = move(previous, theta)
+    mask = inside.bool().expand_as(moved)
+    assert (moved - current).abs()[mask].mean() < 0.2 * (previous - current).abs()[mask].mean()
+
+
+def test_motion_blend_follows_the_camera():
+    """A pan: plain blend would smear the previous output; motion blend moves it along first."""
+    torch.manual_seed(0)
+    photo = torch.from_numpy(pan(64, 48, 4)).permute(0, 3, 1, 2).float() / 255
+    stylized = 1 - photo  # any stylization that moves with the picture
+    out = Blender(0.5, motion=True)(photo, stylized)
+    plain = Blender(0.5)(photo, stylized)
+    inner = (..., slice(8, -8), slice(8, -8))  # away from the borders that the pan reveals
+    assert (out - stylized)[inner].abs().mean() < 0.01
+    assert (plain - stylized)[inner].abs().mean() > 3 * (out - stylized)[inner].abs().mean()
