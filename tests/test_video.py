@@ -342,3 +342,14 @@ def test_motion_blend_follows_the_camera():
     inner = (..., slice(8, -8), slice(8, -8))  # away from the borders that the pan reveals
     assert (out - stylized)[inner].abs().mean() < 0.01
     assert (plain - stylized)[inner].abs().mean() > 3 * (out - stylized)[inner].abs().mean()
+
+
+@pytest.mark.parametrize("mode", ["clip+motion", "ema+blend"])
+def test_stabilized_modes_run_end_to_end(stylizer, tmp_path, mode):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, pan(64, 48, 5), audio=False)
+    plain = stylize_video(clip, stylizer, tmp_path / "none.mp4", VideoSettings(stabilize="none", crf=0))
+    result = stylize_video(clip, stylizer, tmp_path / "out.mp4", VideoSettings(stabilize=mode, crf=0, batch_size=2))
+    assert (plain.frames, result.frames, result.expected, result.error) == (5, 5, 5, None)
+    stabilized, reference = read_clip(tmp_path / "out.mp4")[0], read_clip(tmp_path / "none.mp4")[0]
+    assert np.abs(luma(stabilized[1:]) - luma(reference[1:])).mean() > 1  # the mode changed the frames
