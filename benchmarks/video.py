@@ -85,9 +85,9 @@ def warping_error(frames: torch.Tensor, kind: str, aspect: float) -> float:
     return sum(errors) / len(errors)
 
 
-def stylize_clip(stylizer: Stylizer, clip: torch.Tensor, mode: str, batch: int = 4) -> torch.Tensor:
+def stylize_clip(stylizer: Stylizer, clip: torch.Tensor, mode: str, blend: float, batch: int = 4) -> torch.Tensor:
     """The clip stylized in ``mode`` as stylize.py does it (``clip`` statistics from every frame)."""
-    stabilizer = Stabilizer(VideoSettings(stabilize=mode))
+    stabilizer = Stabilizer(VideoSettings(stabilize=mode, blend=blend))
     stabilizer.prepare(stylizer, clip)
     return torch.cat([stabilizer(stylizer, clip[i : i + batch]) for i in range(0, len(clip), batch)])
 
@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("--size", default="320x180", help="clip size for flicker and style")
     parser.add_argument("--noise", type=float, default=3 / 255)
     parser.add_argument("--speed-size", default="640x360")
-    parser.add_argument("--speed-frames", type=int, default=8)
+    parser.add_argument("--speed-frames", type=int, default=8, help="0: no speed measurement")
+    parser.add_argument("--blend", type=float, default=VideoSettings().blend, help="video.blend for blend/motion modes")
     parser.add_argument("--modes", nargs="+", default=list(MODES))
     parser.add_argument(
         "--strip", default=None, help="save a PNG per mode: 4 frames of the first still shot and their differences ×4"
@@ -150,7 +151,7 @@ def main() -> None:
     for mode in args.modes:
         warp, style, content_term = [], [], []
         for index, (_, kind, clip, aspect) in enumerate(clips):
-            out = stylize_clip(stylizer, clip, mode)
+            out = stylize_clip(stylizer, clip, mode, args.blend)
             warp.append(warping_error(out, kind, aspect))
             with torch.no_grad():
                 terms = yardstick.loss(out.to(stylizer.device), clip.to(stylizer.device))
@@ -158,13 +159,13 @@ def main() -> None:
             content_term.append(float(terms["content"]))
             if index == KINDS.index("still") and args.strip:
                 strips.append(strip_row(out))
-        fps, gather = speed(stylizer, mode, speed_size, args.speed_frames)
+        fps, gather = speed(stylizer, mode, speed_size, args.speed_frames) if args.speed_frames else (math.nan, None)
         rows[mode] = {"warp": mean(warp), "style": mean(style), "content": mean(content_term), "fps": fps}
         if gather is not None:
             rows[mode]["gather"] = gather
         print(f"# {mode}: {rows[mode]}", flush=True)
 
-    base = rows["none"]
+    base = rows.get("none", rows[args.modes[0]])
     print(f"| mode | warping error (1/255) | vs none | style | content | frames/s at {args.speed_size} |")
     print("|---|---|---|---|---|---|")
     print(f"| input clip | {rows['input']['warp']:.2f} | | | | |")
