@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,20 @@ class ExportCallback(pl.Callback):
     """
 
     def __init__(
-        self, path: str, overwrite: bool = False, dtype: str = "float32", metadata: dict[str, Any] | None = None
+        self,
+        path: str,
+        overwrite: bool = False,
+        dtype: str = "float32",
+        snapshot_minutes: Sequence[float] = (),
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise UserError(f"export.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        marks = list(snapshot_minutes or [])
+        if not all(isinstance(m, int | float) and not isinstance(m, bool) and m > 0 for m in marks):
+            raise UserError(f"export.snapshot_minutes must be positive numbers of minutes, got {marks}")
         self.path, self.overwrite, self.dtype = Path(path), overwrite, dtype
+        self.snapshot_minutes = sorted(marks)
         self.metadata = dict(metadata or {})
         self.run_id = uuid.uuid4().hex
         self.seconds_before, self.started = 0.0, time.monotonic()
@@ -61,6 +71,7 @@ class ExportCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.run_id = state_dict["run_id"]
         self.seconds_before = state_dict.get("train_seconds", 0.0)  # a resumed run adds to its earlier time
+        self.snapshot_minutes = [m for m in self.snapshot_minutes if 60 * m > self.seconds_before]
 
     def train_seconds(self) -> float:
         return self.seconds_before + time.monotonic() - self.started
@@ -85,11 +96,19 @@ class ExportCallback(pl.Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.export(trainer, pl_module)
 
+    def snapshot_path(self, minutes: float) -> Path:
+        return self.path.with_name(f"{self.path.stem}_{minutes:g}min{self.path.suffix}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """A copy of the model as it was after each of ``snapshot_minutes`` of training (time-to-quality curves)."""
+        while self.snapshot_minutes and self.train_seconds() >= 60 * self.snapshot_minutes[0]:
+            self.export(trainer, pl_module, self.snapshot_path(self.snapshot_minutes.pop(0)))
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.export(trainer, pl_module)
         rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
 
-    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path | None = None) -> None:
         if not trainer.is_global_zero:
             return
         losses = {
@@ -104,4 +123,4 @@ class ExportCallback(pl.Callback):
             "train_seconds": round(self.train_seconds()),
             "hardware": hardware(pl_module.device),
         }
-        save_model(pl_module.net, self.path, metadata, self.dtype)
+        save_model(pl_module.net, path or self.path, metadata, self.dtype)

@@ -14,6 +14,7 @@ optimizer's iterates are clamped after every step, so it cannot win with pixels 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -30,10 +31,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
-from fast_style.config import CONFIG_DIR, compose_train_config, style_names
+from fast_style.config import CONFIG_DIR, PROJECT_ROOT, compose_train_config, style_names
 from fast_style.errors import UserError, exit_on_user_error
+from fast_style.export import atomic_path
 from fast_style.images import list_images, load_rgb
-from fast_style.inference import Stylizer, pick_device, save_image, to_image
+from fast_style.inference import Stylizer, pick_device, save_image, to_image, to_tensor
 from fast_style.loss import PerceptualLoss
 from fast_style.optimize import STYLE_OVERRIDE, Step, optimize_image
 from fast_style.style import as_list, file_sha256
@@ -139,44 +141,95 @@ def check_settings(cfg: DictConfig) -> None:
         raise UserError(f"seed must be an integer, got {cfg.seed!r}")
 
 
-def model_style(entry: str, stylizer: Stylizer) -> str:
-    """The style a model was trained for: its name, the name recorded in its model file, or for a Lightning
-    checkpoint the one in its run folder's Hydra config."""
-    known = style_names()
-    if entry in known:
-        return entry
+def recorded_style_image(image: dict[str, str]) -> str:
+    """A style image a model file records (path + sha256): at its path, else a file with the same bytes in the
+    project's data/styles (a model trained on another machine)."""
+    path, sha = Path(image["path"]), image.get("sha256")
+    if path.is_file() and (sha is None or file_sha256(path) == sha):
+        return str(path)
+    for candidate in sorted((PROJECT_ROOT / "data" / "styles").glob("*")):
+        if candidate.name == path.name and (sha is None or file_sha256(candidate) == sha):
+            return str(candidate)
+    raise UserError(f"the style image this model was trained with ({path}) is not here; pass loss_style=NAME")
+
+
+def run_config(entry: str, checkpoint: Path) -> tuple[Path, DictConfig]:
+    """The resolved Hydra config of the run that wrote a Lightning checkpoint (``<run>/checkpoints/x.ckpt``)."""
+    path = checkpoint.parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"cannot tell what {entry} was trained for (no {path}); pass loss_style=NAME")
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    return path, cfg
+
+
+def trained_style_name(entry: str, stylizer: Stylizer) -> str:
+    """The name of the style a model was trained for (from a Lightning checkpoint's run config if need be)."""
     path = Path(stylizer.metadata["path"])
     if path.suffix == ".ckpt":
-        run_config = path.parent.parent / ".hydra" / "config.yaml"
-        if not run_config.is_file():
-            raise UserError(f"cannot tell which style {entry} was trained for (no {run_config}); pass loss_style=NAME")
-        return str(OmegaConf.load(run_config).style.name)
+        return str(run_config(entry, path)[1].style.name)
     return str(stylizer.metadata.get("style", {}).get("name", ""))
 
 
-class Yardstick:
-    """One style's loss (its training config), the photos' content features, and the optimizer's results
-    per photo, computed once and shared by every model measured against this style."""
+def own_objective(entry: str, stylizer: Stylizer) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """What a model was trained to minimise: (where it is recorded, style settings, loss settings), from its model
+    file's metadata or, for a Lightning checkpoint, its run folder's Hydra config."""
+    metadata, path = stylizer.metadata, Path(stylizer.metadata["path"])
+    if path.suffix == ".ckpt":
+        config_path, cfg = run_config(entry, path)
+        style = OmegaConf.to_container(cfg.style, resolve=True)
+        loss = OmegaConf.to_container(cfg.loss, resolve=True)
+        assert isinstance(style, dict) and isinstance(loss, dict)
+        return str(config_path), style, loss
+    if "loss" not in metadata or "images" not in metadata.get("style", {}):
+        name = str(metadata.get("style", {}).get("name", ""))
+        return f"configs/style/{name}.yaml", *config_objective(name, [])
+    recorded = metadata["style"]
+    style = {
+        "name": recorded["name"],
+        "image": [recorded_style_image(image) for image in recorded["images"]],
+        "size": recorded["size"],
+        "blend": recorded.get("blend"),
+    }
+    return str(path), style, metadata["loss"]
 
-    def __init__(self, name: str, overrides: list[str], device: torch.device) -> None:
+
+def config_objective(name: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Style and loss settings of ``configs/style/<name>.yaml`` with ``overrides``, as train.py would compose them."""
+    if name not in style_names() and not any(o.startswith("style.image=") for o in overrides):
+        raise UserError(
+            f"style {name!r} has no config in configs/style/ ({', '.join(style_names())}); pass its image "
+            "with style.image=PATH, or loss_style=NAME to measure with another style"
+        )
+    cfg = compose_train_config([f"style={name}", *overrides])
+    style, loss = OmegaConf.to_container(cfg.style, resolve=True), OmegaConf.to_container(cfg.loss, resolve=True)
+    assert isinstance(style, dict) and isinstance(loss, dict)
+    return style, loss
+
+
+class Yardstick:
+    """One objective (style image + loss settings), the photos' content features, and the optimizer's results
+    per photo, computed once and shared by every model measured against it."""
+
+    def __init__(
+        self,
+        source: str,
+        style: dict[str, Any],
+        loss: dict[str, Any],
+        device: torch.device,
+        cache: Path | None = None,
+    ) -> None:
         from fast_style.training import build_loss  # Lightning and the rest of training, only when needed
 
-        if name not in style_names() and not any(o.startswith("style.image=") for o in overrides):
-            raise UserError(
-                f"style {name!r} has no config in configs/style/ ({', '.join(style_names())}); pass its image "
-                "with style.image=PATH, or loss_style=NAME to measure with another style"
-            )
-        self.cfg = compose_train_config([f"style={name}", *overrides])
-        self.loss: PerceptualLoss = build_loss(self.cfg).to(device).eval()
+        self.source, self.style, self.loss_settings, self.cache = source, style, loss, cache
+        self.loss: PerceptualLoss = build_loss(OmegaConf.create({"style": style, "loss": loss})).to(device).eval()
         self.device = device
         self.optimized: dict[Path, tuple[dict[int, dict[str, float]], torch.Tensor]] = {}
 
     def describe(self) -> dict[str, Any]:
-        style = OmegaConf.to_container(self.cfg.style, resolve=True)
-        loss = OmegaConf.to_container(self.cfg.loss, resolve=True)
-        assert isinstance(style, dict) and isinstance(loss, dict)
-        images = [{"path": str(p), "sha256": file_sha256(p)} for p in as_list(self.cfg.style.image)]
-        return {**style, "images": images, "loss": {k: v for k, v in loss.items() if k != "_target_"}}
+        images = [{"path": str(p), "sha256": file_sha256(p)} for p in as_list(self.style["image"])]
+        loss = {k: v for k, v in self.loss_settings.items() if k != "_target_"}
+        return {**self.style, "images": images, "loss": loss, "objective": self.source}
 
     @torch.no_grad()
     def measure(self, image: torch.Tensor, content: torch.Tensor, features: dict[str, torch.Tensor]) -> dict:
@@ -191,6 +244,10 @@ class Yardstick:
     ) -> tuple[dict[int, dict[str, float]], torch.Tensor]:
         """Measurements at each of ``iterations`` (with the optimizer's seconds and loss evaluations so far)
         and the last image."""
+        cached = self.cache_path(path, content, iterations, seed)
+        if path not in self.optimized and cached and cached.with_suffix(".json").is_file():
+            results = {int(k): v for k, v in json.loads(cached.with_suffix(".json").read_text()).items()}
+            self.optimized[path] = (results, to_tensor(load_rgb(cached.with_suffix(".png"))))
         if path not in self.optimized:
             features = self.loss.content_targets(content)
             results: dict[int, dict[str, float]] = {}
@@ -204,8 +261,24 @@ class Yardstick:
 
             final = optimize_image(self.loss, content, iterations[-1], "lbfgs", seed=seed, on_step=on_step)
             progress.remove_task(task)
-            self.optimized[path] = (results, final.image.cpu())
+            self.optimized[path] = (results, as_saved(final.image.cpu()))
+            if cached:
+                save_image(to_image(self.optimized[path][1]), cached.with_suffix(".png"))
+                with atomic_path(cached.with_suffix(".json")) as tmp:
+                    tmp.write_text(json.dumps(results))
         return self.optimized[path]
+
+    def cache_path(self, path: Path, content: torch.Tensor, iterations: list[int], seed: int) -> Path | None:
+        """Where the optimizer's results for this objective, photo and settings are kept (no suffix), if caching:
+        the name is a hash of everything they depend on, so a changed setting never reads stale numbers."""
+        if self.cache is None:
+            return None
+        key = json.dumps(
+            [self.describe(), file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
+            sort_keys=True,
+            default=str,
+        )
+        return self.cache / f"lbfgs_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def mean_of(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,8 +361,18 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     photos = ([content] if content.is_file() else list_images(content, "content"))[: cfg.max_images]
     entries = [str(s) for s in cfg.style] if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
     stylizers = [Stylizer.load(entry, device=str(device), precision="fp32") for entry in entries]
-    names = [cfg.loss_style or model_style(entry, s) for entry, s in zip(entries, stylizers)]
-    yardsticks = {name: Yardstick(name, overrides, device) for name in dict.fromkeys(names)}
+    if cfg.loss_style or overrides:  # a chosen yardstick: a style config (each model's own name by default)
+        names = [str(cfg.loss_style or trained_style_name(entry, s)) for entry, s in zip(entries, stylizers)]
+        objectives = [(f"configs/style/{name}.yaml", *config_objective(name, overrides)) for name in names]
+    else:  # what each model was trained to minimise
+        objectives = [own_objective(entry, s) for entry, s in zip(entries, stylizers)]
+    yardsticks: dict[str, Yardstick] = {}
+    for source, style, loss in objectives:
+        key = json.dumps([style, loss], sort_keys=True, default=str)
+        if key not in yardsticks:
+            cache = Path(str(cfg.cache)).expanduser() if cfg.cache else None
+            yardsticks[key] = Yardstick(source, style, loss, device, cache)
+    keys = [json.dumps([style, loss], sort_keys=True, default=str) for _, style, loss in objectives]
     output = Path(str(cfg.output)).expanduser()
     output.mkdir(parents=True, exist_ok=True)
     iterations = list(cfg.iterations)
@@ -297,8 +380,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     models = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
-        for index, (entry, stylizer, name) in enumerate(zip(entries, stylizers, names)):
-            result, grid = evaluate_model(entry, stylizer, yardsticks[name], photos, cfg, progress)
+        for index, (entry, stylizer, key) in enumerate(zip(entries, stylizers, keys)):
+            result, grid = evaluate_model(entry, stylizer, yardsticks[key], photos, cfg, progress)
             grid_path = output / f"grid_{index}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', stylizer.name)}.jpg"
             save_image(to_image(grid.unsqueeze(0)), grid_path)
             result["grid"] = str(grid_path)
@@ -320,7 +403,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     }
     (output / "evaluation.json").write_text(json.dumps(report, indent=2))
     for result, _ in models:
-        print(f"\n{result['model']} ({result['steps']} steps), measured with {result['yardstick']['name']}'s loss:")
+        yardstick = result["yardstick"]
+        print(f"\n{result['model']} ({result['steps']} steps), measured with {yardstick['objective']}:")
         print(markdown_table(result, iterations))
     print(f"\nwrote {output / 'evaluation.json'} and the grids (photo | network | L-BFGS {iterations[-1]})")
     if cfg.tensorboard:

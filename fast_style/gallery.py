@@ -1,13 +1,16 @@
 """A gallery of trained styles: one contact sheet (photos × styles) and each model's training record.
 
     python -m fast_style.gallery [styles=[starry_night,wave]] [content=DIR] [size=256] [output=docs/gallery.md]
+        [evaluation=evaluation/evaluation.json]
 
 With no ``styles``, every model in ``checkpoints/`` is shown. The record comes from each model
-file's metadata (written by training): steps, training time and device, data, final losses.
+file's metadata (written by training): steps, training time and device, data, final losses; with
+``evaluation=``, also each model's numbers from a ``python -m fast_style.evaluate`` report.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,7 @@ from PIL import Image, ImageOps
 
 from fast_style.config import PROJECT_ROOT, parse_key_values
 from fast_style.errors import UserError, exit_on_user_error
+from fast_style.evaluate import format_equivalent
 from fast_style.export import atomic_path
 from fast_style.images import read_image
 from fast_style.inference import Stylizer, find_inputs, save_image
@@ -27,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "max_photos": 6,
     "size": 256,
     "output": "docs/gallery.md",
+    "evaluation": None,
     "overwrite": False,
 }
 
@@ -59,6 +64,20 @@ def training_record(metadata: dict[str, Any]) -> dict[str, str]:
         "date": str(metadata.get("date", "?")),
         "file": str(metadata.get("path", "?")),
     }
+
+
+def evaluation_record(report: dict[str, Any], model_path: str) -> dict[str, str]:
+    """Columns from a ``fast_style.evaluate`` report for the model file at ``model_path`` (dashes if it was not
+    measured there): equivalent L-BFGS iterations, the style term relative to the photo's, and SSIM."""
+    for model in report.get("models", []):
+        if Path(model["path"]).resolve() == Path(model_path).resolve():
+            mean = model["mean"]
+            return {
+                "equiv. L-BFGS iterations": format_equivalent(mean["equivalent_iterations"]),
+                "style / photo's": f"{mean['network']['style'] / mean['photo']['style']:.2f}",
+                "SSIM": f"{mean['network']['ssim']:.2f}",
+            }
+    return {"equiv. L-BFGS iterations": "-", "style / photo's": "-", "SSIM": "-"}
 
 
 def markdown(records: list[dict[str, str]], sheet: Path, output: Path, photos: int) -> str:
@@ -98,10 +117,22 @@ def main(argv: list[str]) -> Path:
     stylizers = [Stylizer.load(style) for style in styles]
     save_image(contact_sheet(photos, stylizers, int(cfg.size)), sheet_path)
     records = [training_record(s.metadata) for s in stylizers]
+    if cfg.evaluation:
+        report = read_evaluation(Path(cfg.evaluation))
+        records = [{**r, **evaluation_record(report, s.metadata["path"])} for r, s in zip(records, stylizers)]
     with atomic_path(output) as tmp:
         tmp.write_text(markdown(records, sheet_path, output, len(photos)))
     print(f"wrote {output} and {sheet_path} ({len(photos)} photos × {len(stylizers)} styles)")
     return output
+
+
+def read_evaluation(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"evaluation={path} is not a readable evaluation.json ({e}); run python -m fast_style.evaluate"
+        ) from e
 
 
 if __name__ == "__main__":

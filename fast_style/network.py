@@ -62,11 +62,11 @@ class UpsampleLayer(nn.Sequential):
     (Odena et al. 2016).
     """
 
-    def __init__(self, cin: int, cout: int, mode: Upsample, norm: Norm) -> None:
+    def __init__(self, cin: int, cout: int, mode: Upsample, norm: Norm | None) -> None:
         if mode == "transposed":
             layers: list[nn.Module] = [
                 nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-                _norm(norm, cout),
+                *([_norm(norm, cout)] if norm else []),
                 nn.ReLU(inplace=True),
             ]
         else:
@@ -82,7 +82,12 @@ class TransformerNet(nn.Module):
     """
 
     def __init__(
-        self, norm: Norm = "instance", upsample: Upsample = "transposed", width: float = 1.0, residual_blocks: int = 5
+        self,
+        norm: Norm = "instance",
+        upsample: Upsample = "transposed",
+        width: float = 1.0,
+        residual_blocks: int = 5,
+        decoder_norm: bool = True,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
@@ -92,6 +97,8 @@ class TransformerNet(nn.Module):
         if not 0 < width <= 4:
             raise UserError(f"model.width must be in (0, 4], got {width!r}")
         self.norm, self.upsample, self.width, self.residual_blocks = norm, upsample, float(width), residual_blocks
+        self.decoder_norm = bool(decoder_norm)
+        up_norm = norm if decoder_norm else None
         c1, c2, c3 = (max(4, round(c * width)) for c in (32, 64, 128))
         self.encoder = nn.Sequential(
             ConvLayer(3, c1, 9, norm=norm),
@@ -100,8 +107,8 @@ class TransformerNet(nn.Module):
         )
         self.residuals = nn.Sequential(*(ResidualBlock(c3, norm) for _ in range(residual_blocks)))
         self.decoder = nn.Sequential(
-            UpsampleLayer(c3, c2, upsample, norm),
-            UpsampleLayer(c2, c1, upsample, norm),
+            UpsampleLayer(c3, c2, upsample, up_norm),
+            UpsampleLayer(c2, c1, upsample, up_norm),
             ConvLayer(c1, 3, 9, norm=None, relu=False),
         )
 
@@ -112,6 +119,7 @@ class TransformerNet(nn.Module):
             "upsample": self.upsample,
             "width": self.width,
             "residual_blocks": self.residual_blocks,
+            "decoder_norm": self.decoder_norm,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

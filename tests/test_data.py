@@ -234,3 +234,41 @@ def test_training_on_a_local_coco_download(tmp_path):
     )  # fmt: skip
     meta = read_metadata(tmp_path / "model.safetensors")
     assert meta["steps"] == 2 and meta["data"]["split"] == "val2017" and meta["data"]["root"] == str(root)
+
+
+def test_excluded_photos_are_left_out_by_content_wherever_they_lie(tmp_path):
+    photos, elsewhere = tmp_path / "photos", tmp_path / "validation"
+    (photos / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    samples = sorted(SAMPLES.glob("*.jpg"))[:6]
+    for index, path in enumerate(samples):
+        shutil.copy(path, photos / ("sub" if index % 2 else "") / f"train_{index}.jpg")
+    shutil.copy(samples[0], elsewhere / "val.jpg")  # a copy under another name: found by its bytes
+    (tmp_path / "list.txt").write_text(f"# held out\n{photos / 'sub' / 'train_3.jpg'}\n")
+    module = ImageFolderDataModule(
+        str(photos), image_size=32, batch_size=1, exclude=[str(elsewhere), str(tmp_path / "list.txt")]
+    )
+    module.setup()
+    assert sorted(p.name for p in module.train_set.paths) == [
+        "train_1.jpg",
+        "train_2.jpg",
+        "train_4.jpg",
+        "train_5.jpg",
+    ]
+    with pytest.raises(UserError, match=r"data.exclude: .*nowhere does not exist"):
+        ImageFolderDataModule(str(photos), exclude=str(tmp_path / "nowhere")).setup()
+
+
+def test_training_crops_are_square_cuts_of_the_photo_not_stretched(tmp_path):
+    # A checkerboard of square 10 px cells: a square crop shows as many cells across as down; a crop stretched
+    # to 3:4 or 4:3 (RandomResizedCrop's default ratio range) shows up to a third more one way.
+    (tmp_path / "photos").mkdir()
+    cells = (np.indices((100, 200)) // 10).sum(0) % 2
+    Image.fromarray((cells * 255).astype(np.uint8)).convert("RGB").save(tmp_path / "photos" / "board.png")
+    module = ImageFolderDataModule(str(tmp_path / "photos"), image_size=40, crop_scale=(0.5, 0.5), batch_size=1)
+    module.setup()
+    for _ in range(20):
+        crop = module.train_set[0][0][0] > 0.5
+        across = int((crop[20, 1:] != crop[20, :-1]).sum())
+        down = int((crop[1:, 20] != crop[:-1, 20]).sum())
+        assert abs(across - down) <= 1, (across, down)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -19,6 +20,7 @@ from fast_style.evaluate import LUMA, as_saved, equivalent_iterations, format_eq
 from fast_style.export import save_model
 from fast_style.inference import to_image, to_tensor
 from fast_style.network import TransformerNet
+from fast_style.style import file_sha256
 
 from .conftest import ROOT, SAMPLES, photo
 
@@ -87,6 +89,7 @@ def content_dir(tmp_path_factory) -> Path:
 
 
 FAST = ["size=48", "iterations=[2,4]", "style.size=128"]
+STARRY_WEIGHT = OmegaConf.load(ROOT / "configs" / "style" / "starry_night.yaml").loss.style_weight
 
 
 def test_two_checkpoints_are_measured_on_the_same_photos_and_report_every_field(tmp_path, content_dir):
@@ -102,7 +105,7 @@ def test_two_checkpoints_are_measured_on_the_same_photos_and_report_every_field(
         assert model["path"] == str(path) and model["steps"] in (1, 2) and Path(model["grid"]).is_file()
         yardstick = model["yardstick"]  # the starry_night config's own loss, whatever the model was trained with
         assert yardstick["name"] == "starry_night" and yardstick["size"] == 128
-        assert yardstick["loss"]["preset"] == "johnson" and yardstick["loss"]["style_weight"] == 0.3
+        assert yardstick["loss"]["preset"] == "johnson" and yardstick["loss"]["style_weight"] == STARRY_WEIGHT
         assert len(yardstick["images"][0]["sha256"]) == 64
         (row,) = model["images"]
         assert Path(row["image"]).name == "photo.jpg"
@@ -112,7 +115,8 @@ def test_two_checkpoints_are_measured_on_the_same_photos_and_report_every_field(
             assert all(set(v) == TERMS | {"seconds", "evaluations"} for v in part["optimizer"].values())
             assert set(part["equivalent_iterations"]) == {"estimate", "lower", "upper"}
         net, opt = row["network"], row["optimizer"]
-        assert net["total"] == pytest.approx(net["content"] + 0.3 * net["style"] + 2.0 * net["tv"], rel=1e-4)
+        expected = net["content"] + STARRY_WEIGHT * net["style"] + 2.0 * net["tv"]
+        assert net["total"] == pytest.approx(expected, rel=1e-4)
         assert row["photo"]["content"] < 1e-6 and row["photo"]["ssim"] == pytest.approx(1.0, abs=1e-5)
         assert opt["4"]["total"] < opt["2"]["total"] < row["photo"]["total"]  # the optimizer makes progress
         assert opt["4"]["seconds"] > opt["2"]["seconds"] > 0 and net["seconds"] > 0
@@ -196,3 +200,31 @@ def test_photos_are_centre_cropped_squares_at_the_requested_size(tmp_path):
     assert torch.equal(content[0, :, 20, 20], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.equal(content[0, :, 20, 2], torch.tensor([1.0, 0.0, 0.0]))
     assert torch.equal(content[0, :, 20, 37], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_a_model_is_measured_by_its_own_recorded_objective_unless_told_otherwise(tmp_path, content_dir):
+    """A model trained with other weights than its style's config (an experiment, a new style) is measured against
+    what it was trained for; loss_style= measures it with a style config instead."""
+    torch.manual_seed(3)
+    painting = ROOT / "data" / "styles" / "wave.jpg"
+    loss = {"_target_": "fast_style.loss.PerceptualLoss", "preset": "johnson", "style_weight": 7.0, "tv_weight": 0.5}
+    recorded = {
+        "style": {"name": "my_wave", "images": [{"path": str(painting), "sha256": file_sha256(painting)}], "size": 128},
+        "loss": loss,
+    }
+    model = tmp_path / "my_wave.safetensors"
+    save_model(TransformerNet(width=0.25), model, recorded)
+    settings = [f"content={content_dir}", "size=48", "iterations=[2,4]", f"cache={tmp_path / 'cache'}"]
+    own = main([f"style={model}", *settings, f"output={tmp_path / 'own'}"])["models"][0]
+    assert own["yardstick"]["objective"] == str(model) and own["yardstick"]["loss"]["style_weight"] == 7.0
+    net = own["mean"]["network"]
+    assert net["total"] == pytest.approx(net["content"] + 7.0 * net["style"] + 0.5 * net["tv"], rel=1e-4)
+    # The optimizer's results were cached: a second run reads them instead of optimizing again.
+    cached = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
+    assert cached == [".json", ".png"]
+    again = main([f"style={model}", *settings, f"output={tmp_path / 'again'}"])["models"][0]
+    assert again["images"][0]["optimizer"] == own["images"][0]["optimizer"]
+
+    other = main([f"style={model}", *settings, "loss_style=wave", "style.size=128", f"output={tmp_path / 'cfg'}"])
+    yardstick = other["models"][0]["yardstick"]
+    assert yardstick["objective"] == "configs/style/wave.yaml" and yardstick["loss"]["style_weight"] != 7.0

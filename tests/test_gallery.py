@@ -42,3 +42,29 @@ def test_contact_sheet_has_a_row_per_photo_and_a_column_per_style_and_records(tm
 
     with pytest.raises(UserError, match="exists already; pass overwrite=true"):
         main([f"styles=[{models[0]}]", f"content={photos}", f"output={output}"])
+
+
+def test_records_carry_each_models_numbers_from_an_evaluation_report(tmp_path):
+    from fast_style.evaluate import format_equivalent
+    from fast_style.evaluate import main as evaluate
+
+    models = []
+    for name in ("measured", "unmeasured"):
+        models.append(tmp_path / f"{name}.safetensors")
+        save_model(TransformerNet(width=0.25), models[-1], {"style": {"name": "starry_night"}, "steps": 3})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted(SAMPLES.glob("*.jpg"))[0], photos)
+    report = evaluate([f"style={models[0]}", f"content={photos}", "size=48", "iterations=[2,4]", "style.size=128",
+                       f"output={tmp_path / 'eval'}"])  # fmt: skip
+    mean = report["models"][0]["mean"]
+    output = tmp_path / "gallery.md"
+    main([f"styles=[{models[0]},{models[1]}]", f"content={photos}", "size=48", f"output={output}",
+          f"evaluation={tmp_path / 'eval' / 'evaluation.json'}"])  # fmt: skip
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| starry_night |")]
+    ratio = mean["network"]["style"] / mean["photo"]["style"]
+    iterations = format_equivalent(mean["equivalent_iterations"])
+    assert rows[0].endswith(f"| {iterations} | {ratio:.2f} | {mean['network']['ssim']:.2f} |")
+    assert rows[1].endswith("| - | - | - |")
+    with pytest.raises(UserError, match="is not a readable evaluation.json"):
+        main([f"styles=[{models[0]}]", f"content={photos}", f"output={tmp_path / 'g2.md'}", f"evaluation={photos}"])

@@ -34,6 +34,14 @@ def test_instance_norm_is_the_default_and_nearest_upsampling_has_no_transposed_c
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in nearest.modules())
 
 
+@pytest.mark.parametrize("upsample", ["transposed", "nearest"])
+def test_decoder_norm_false_leaves_the_upsampling_layers_unnormalised(upsample):
+    net = TransformerNet(upsample=upsample, decoder_norm=False)
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.decoder.modules())
+    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules()) == 3 + 2 * 5  # encoder + residuals
+    assert net(torch.rand(1, 3, 36, 20)).shape == (1, 3, 36, 20)
+
+
 def test_half_width_is_a_light_model():
     full = sum(p.numel() for p in TransformerNet().parameters())
     light = sum(p.numel() for p in TransformerNet(width=0.5).parameters())
@@ -54,6 +62,6 @@ def test_bad_options_are_rejected_with_the_key_name(bad):
 
 
 def test_config_round_trips_the_architecture():
-    net = TransformerNet(norm="batch", upsample="nearest", width=0.5)
+    net = TransformerNet(norm="batch", upsample="nearest", width=0.5, decoder_norm=False)
     twin = TransformerNet(**net.config())
     twin.load_state_dict(net.state_dict())  # same architecture: every key and shape matches

@@ -24,8 +24,8 @@ def photo(size: tuple[int, int] = (397, 301)) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"upsample": "nearest"}, {"norm": "batch"}],
-    ids=["instance-norm", "nearest-upsampling", "batch-norm"],
+    [{}, {"upsample": "nearest"}, {"norm": "batch"}, {"decoder_norm": False}],
+    ids=["instance-norm", "nearest-upsampling", "batch-norm", "no-decoder-norm"],
 )
 @torch.inference_mode()
 def test_tiled_output_matches_the_untiled_pass_with_no_seam(options):

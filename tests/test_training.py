@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fast_style.export import load_model, read_metadata
+from fast_style.export import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
 from .conftest import FAST, photo, run_train
@@ -194,3 +194,34 @@ def test_unreadable_training_files_are_skipped_counted_and_logged(tmp_path):
     output = result.stdout + result.stderr
     for name in ("truncated.jpg", "empty.png", "notes.jpg"):
         assert output.count(f"skipping an unreadable training file: {photos / name}") == 1  # once each
+
+
+def test_init_starts_from_another_models_weights_and_snapshots_are_kept(trained, tmp_path):
+    # Learning rate 0: the exported network must be exactly the one it started from.
+    run_train(
+        tmp_path, *FAST, "trainer.max_steps=2", f"init={trained / 'model.safetensors'}", "optimizer.lr=0.0",
+        "export.path=warm.safetensors", "export.snapshot_minutes=[0.0001]",
+    )  # fmt: skip
+    source, _ = load_model(trained / "model.safetensors")
+    warm, meta = load_model(tmp_path / "warm.safetensors")
+    assert meta["config"]["init"] == str(trained / "model.safetensors")
+    for name, value in source.state_dict().items():
+        assert torch.equal(warm.state_dict()[name], value), name
+    snapshot = read_metadata(tmp_path / "warm_0.0001min.safetensors")  # after 0.006 s of training: the first step
+    assert snapshot["steps"] == 1 and snapshot["train_seconds"] >= 0
+
+
+def test_init_from_another_architecture_is_one_line(tmp_path):
+    other = tmp_path / "light.safetensors"
+    save_model(TransformerNet(width=0.25), other, {"style": {"name": "light"}})
+    result = run_train(tmp_path, *FAST, "trainer.max_steps=1", f"init={other}", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: init={other} is a ") and "set the model.* keys to match it" in line
+
+
+def test_the_progress_bar_counts_the_whole_run_not_each_epoch(tmp_path):
+    # 12 photos in batches of 2 are 6 steps an epoch: a per-epoch bar would restart at 0/6.
+    result = run_train(tmp_path, *FAST, "trainer.max_steps=9", "data.batch_size=2", "export.path=model.safetensors")
+    output = result.stdout + result.stderr
+    assert "9/9" in output and "/6 " not in output and "Training (epoch 1)" in output
