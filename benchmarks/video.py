@@ -11,9 +11,11 @@ The camera is an affine map, so where every pixel of frame t+1 was in frame t is
 * warping error: mean |S(t+1) − S(t) moved by the known motion| over the pixels visible in both frames
   (in 1/255), averaged over frame pairs and clips; "input" is the same measure on the clips themselves
   (interpolation and noise), the floor that no stylization can go below;
-* style / content: the model's style's loss terms (configs/style/<style>.yaml, relative errors) of the
-  stylized frames, averaged over all frames: a mode that stabilizes by washing the style out shows here;
-* frames/s at ``--speed-size`` (a random picture: speed does not depend on the content), batches of 4,
+* style / content: the loss terms (relative errors) of the stylized frames under the objective the model
+  records (its style image and loss settings; ``--loss-style NAME`` takes configs/style/NAME.yaml instead),
+  averaged over all frames: a mode that stabilizes by washing the style out shows here;
+* frames/s at ``--speed-size`` on random pictures, batches of 4 (the network's speed does not depend on the
+  content; the ``motion`` estimate's does: random frames are its worst case, it never converges),
   after one warm-up frame; ``clip`` also needs a first pass over ``video.clip_frames`` frames per clip,
   reported apart as seconds.
 
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from fast_style.evaluate import Yardstick
+from fast_style.evaluate import Yardstick, config_objective, own_objective
 from fast_style.images import load_rgb
 from fast_style.inference import Stylizer, to_tensor
 from fast_style.stabilize import MODES
@@ -134,7 +136,12 @@ def main() -> None:
     content = Path(args.content) if args.content else shared if shared.is_dir() else ROOT / "data" / "samples"
     photos = sorted(content.glob("*.jpg"))[: args.photos]
     stylizer = Stylizer.load(args.style)
-    yardstick = Yardstick(args.loss_style or stylizer.name, [], stylizer.device)
+    # The model's own recorded objective (style image, loss settings), or configs/style/<--loss-style>.yaml.
+    if args.loss_style:
+        objective = (f"configs/style/{args.loss_style}.yaml", *config_objective(args.loss_style, []))
+    else:
+        objective = own_objective(args.style, stylizer)
+    yardstick = Yardstick(*objective, stylizer.device)
     clips = []
     for path in photos:
         photo = to_tensor(load_rgb(path))
