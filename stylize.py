@@ -11,6 +11,7 @@ from omegaconf import DictConfig, ListConfig
 from fast_style.errors import exit_on_user_error
 from fast_style.inference import stylize_files
 from fast_style.optimize import check_method, optimize_argv, optimize_files
+from fast_style.video import VideoSettings
 
 
 @hydra.main(version_base="1.3", config_path="configs/stylize", config_name="stylize")
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> None:
             fiftyone_dataset=cfg.fiftyone.dataset,
             tile=cfg.tile,
             compile=cfg.compile,
+            video=VideoSettings(**cfg.video),
         )
     sys.exit(1 if failed else 0)
 

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 from fast_style.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Video files stylize.py accepts beside images (fast_style.video; any format FFmpeg reads works when named).
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".3gp")
 # Pillow refuses to open an image with more pixels than this (a decompression bomb: a small file that claims an
 # enormous size). data.max_pixels may lower the limit but not raise it past Pillow's own.
 DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS

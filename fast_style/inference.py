@@ -10,7 +10,7 @@ import contextlib
 import pickle
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psutil
@@ -21,9 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
 from fast_style.errors import UserError
 from fast_style.export import atomic_path, build_network, load_model
-from fast_style.images import IMAGE_EXTENSIONS, read_image
+from fast_style.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image
 from fast_style.network import TransformerNet
-from fast_style.tiling import stylize_tiled
+from fast_style.stabilize import norm_statistics
+from fast_style.tiling import NormStats, stylize_tiled
+
+if TYPE_CHECKING:
+    from fast_style.video import VideoSettings
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # ITU-R BT.601 full-range RGB → YCbCr (the JPEG convention), on [0, 1] values.
@@ -120,6 +124,13 @@ def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tenso
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(matrix), torch.cat([y, cbcr], 1)).clamp(0, 1)
 
 
+def finish(content: torch.Tensor, stylized: torch.Tensor, strength: float, keep_color: bool) -> torch.Tensor:
+    """The ``keep_color`` and ``strength`` controls applied to a batch of stylizations of ``content``."""
+    if keep_color:
+        stylized = preserve_color(stylized, content)
+    return torch.lerp(content, stylized, strength) if strength < 1 else stylized
+
+
 def memory_budget(device: torch.device) -> int:
     """Bytes the forward pass may use: half the free GPU memory, or on a CPU half the available memory
     but at most 1 GiB, so that stylizing a 4K photo stays within ~2 GiB in all."""
@@ -189,10 +200,11 @@ class Stylizer:
         return cls(net, metadata, device, precision, tile, compile)
 
     @torch.inference_mode()
-    def stylize_tensor(self, images: torch.Tensor) -> torch.Tensor:
+    def stylize_tensor(self, images: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] → stylized (N, 3, H, W) in [0, 1], float32, on the input's device.
 
-        Images too large for memory (see ``tile``) go through the network in tiles, with the same result."""
+        Images too large for memory (see ``tile``) go through the network in tiles, with the same result.
+        ``norm_stats`` replaces each instance norm's per-image statistics (video stabilization; runs eagerly)."""
         x = images.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
@@ -203,10 +215,13 @@ class Stylizer:
         per_pixel = self.BYTES_PER_PIXEL * self.net.width * x.shape[0] * (1 if self.dtype == torch.float32 else 0.5)
         tile = pick_tile(self.tile, height, width, per_pixel, memory_budget(self.device) if self.tile == "auto" else 0)
         with autocast:
-            if tile is None:
+            if tile is None and norm_stats is not None:
+                with norm_statistics(self.net, norm_stats):
+                    out = self.net(x)
+            elif tile is None:
                 out = self.forward(x)
             else:
-                tiled = [stylize_tiled(self.net, image[None], tile) for image in x]
+                tiled = [stylize_tiled(self.net, image[None], tile, norm_stats) for image in x]
                 out = tiled[0] if len(tiled) == 1 else torch.cat(tiled)
         return out.float().to(images.device)
 
@@ -224,39 +239,42 @@ class Stylizer:
             image = image.copy()
             image.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
         content = to_tensor(image)
-        out = self.stylize_tensor(content)
-        if keep_color:
-            out = preserve_color(out, content)
-        if strength < 1:
-            out = torch.lerp(content, out, strength)
-        result = to_image(out)
+        result = to_image(finish(content, self.stylize_tensor(content), strength, keep_color))
         if image.mode in ("RGBA", "LA"):
             result.putalpha(image.getchannel("A"))
         return result
 
 
 def find_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its images, recursively), or a glob pattern."""
+    """A file, a folder (its images and videos, recursively), or a glob pattern."""
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        wanted = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
     else:
         anchor = Path(path.anchor) if path.is_absolute() else Path()
         found = sorted(p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file())
     if not found:
         raise UserError(
-            f"input={spec} matches no image file; give a file, a folder of images, or a glob like 'photos/*.jpg'"
+            f"input={spec} matches no image or video file; give a file, a folder of images, or a glob like "
+            "'photos/*.jpg'"
         )
     return found
 
 
 def output_path(source: Path, style: str, output: Path, single: bool) -> Path:
-    """``output`` itself for one image and one style when it has a suffix, else ``output/<stem>_<style><ext>``."""
+    """``output`` itself for one input and one style when it has a suffix, else ``output/<stem>_<style><ext>``
+    (a video's ``<ext>`` is that of a container that holds H.264: its own for .mp4/.mov/.mkv, else .mp4)."""
     if single and output.suffix:
         return output
-    return output / f"{source.stem}_{style}{source.suffix.lower()}"
+    suffix = source.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        from fast_style.video import video_suffix
+
+        suffix = video_suffix(source)
+    return output / f"{source.stem}_{style}{suffix}"
 
 
 def save_image(image: Image.Image, path: Path) -> None:
@@ -281,15 +299,20 @@ def stylize_files(
     fiftyone_dataset: str | None = None,
     tile: int | str | None = "auto",
     compile: bool = False,
+    video: VideoSettings | None = None,
 ) -> int:
-    """Stylize every input image with every style; returns the number of images that failed.
+    """Stylize every input image and video with every style; returns the number of inputs that failed
+    (unreadable, or videos that ended early and were written in part).
 
-    Nothing is overwritten without ``overwrite``, and an input file never is. A bad image is reported
+    Nothing is overwritten without ``overwrite``, and an input file never is. A bad file is reported
     and skipped, and the rest go on. With ``fiftyone_dataset``, the photos and their stylizations are
-    recorded in that FiftyOne dataset, to compare in the FiftyOne App.
+    recorded in that FiftyOne dataset, to compare in the FiftyOne App (videos are not recorded).
     """
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
+    from fast_style.video import VideoSettings, stylize_video  # here: fast_style.video imports this module
+
+    video = video or VideoSettings()
     sources = find_inputs(input)
     stylizers = [Stylizer.load(style, device, precision, tile, compile) for style in styles]
     out = Path(output).expanduser()
@@ -304,31 +327,53 @@ def stylize_files(
         )
 
     failed: dict[Path, str] = {}
-    took: dict[Path, float] = {}  # output file → seconds to read, stylize and write it
+    took: dict[Path, float] = {}  # output file → seconds to read, stylize and write it (images)
+    videos: dict[Path, tuple[int, float]] = {}  # output file → (frames, seconds)
+    partial: list[Path] = []  # outputs of videos that ended early
+    notes: set[str] = set()
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, TextColumn("{task.fields[rate]}"), transient=True) as progress:
         task = progress.add_task("stylizing", total=len(plan), rate="")
         for src, stylizer, dst in plan:
             try:
-                if src not in failed:
+                if src not in failed and src.suffix.lower() in VIDEO_EXTENSIONS:
+                    result = stylize_video(src, stylizer, dst, video, max_size, preserve_color, strength, progress)
+                    videos[dst] = (result.frames, result.seconds)
+                    for note in set(result.notes) - notes:
+                        progress.console.print(f"note: {src}: {note}", soft_wrap=True)
+                    notes.update(result.notes)
+                    if result.error:
+                        partial.append(dst)
+                        progress.console.print(
+                            f"ended early: {src}: {result.frames} of {result.expected} frames decoded "
+                            f"({result.error}); {dst} holds those {result.frames} frames",
+                            soft_wrap=True,
+                        )
+                elif src not in failed:
                     began = time.perf_counter()
                     save_image(stylizer(read_image(src), strength, preserve_color, max_size), dst)
                     took[dst] = time.perf_counter() - began
             except UserError as e:
                 failed[src] = str(e)
-                progress.console.print(f"skipped: {e}")
+                progress.console.print(f"skipped: {e}", soft_wrap=True)
             progress.advance(task)
             done = progress.tasks[0].completed
             progress.update(task, rate=f"{done / (time.perf_counter() - start):.2f} img/s")
     seconds = time.perf_counter() - start
-    written = len(plan) - len(failed) * len(stylizers)
+    done = [f"{len(took)} image(s)"] if took or not videos else []
+    if videos:
+        frames, video_seconds = (sum(v) for v in zip(*videos.values()))
+        done.append(f"{len(videos)} video(s) ({frames} frames, {frames / video_seconds:.2f} frames/s)")
     print(
-        f"stylized {written} image(s) with {', '.join(s.name for s in stylizers)} in {seconds:.1f} s "
-        f"({written / seconds:.2f} img/s) → {out}" + (f"; {len(failed)} unreadable input(s) skipped" if failed else "")
+        f"stylized {' and '.join(done)} with {', '.join(s.name for s in stylizers)} in {seconds:.1f} s"
+        + (f" ({len(took) / seconds:.2f} img/s)" if took and not videos else "")
+        + f" → {out}"
+        + (f"; {len(failed)} unreadable input(s) skipped" if failed else "")
+        + (f"; {len(partial)} video(s) ended early and were written in part (above)" if partial else "")
     )
     if fiftyone_dataset:
         from fast_style.fiftyone_io import record_stylizations  # here: fiftyone takes seconds to import
 
         record_stylizations(fiftyone_dataset, [(src, s, dst, took[dst]) for src, s, dst in plan if dst in took])
-    return len(failed)
+    return len(failed) + len(partial)

@@ -28,6 +28,8 @@ from torch import nn
 from fast_style.network import TransformerNet, pad_to_multiple_of_4, to_unit_range
 
 Stats = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
+# (layer, means (N, C), variances (N, C)) → the statistics to normalise with (video stabilization), same shapes.
+NormStats = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 HALO = 32  # full-resolution pixels; covers the receptive field of the tiled encoder and decoder
 
 
@@ -38,17 +40,25 @@ def leaf_layers(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
+def normalize(layer: nn.InstanceNorm2d, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Instance norm of (N, C, H, W) ``x`` with given statistics, (C,) or (N, C), and the layer's affine."""
+    scale = torch.rsqrt(var + layer.eps) * (layer.weight if layer.affine else 1)
+    shift = (layer.bias if layer.affine else 0) - mean * scale
+    return torch.addcmul(shift[..., None, None], x.float(), scale[..., None, None]).to(x.dtype)
+
+
+def set_stats(stats: Stats, layer: nn.Module, mean: torch.Tensor, var: torch.Tensor, adjust: NormStats | None) -> None:
+    """Record a layer's whole-image (C,) statistics, first passed through ``adjust`` if given."""
+    if adjust is not None:
+        mean, var = (s[0] for s in adjust(layer, mean[None], var[None]))
+    stats[layer] = (mean, var)
+
+
 def run_layers(layers: Sequence[nn.Module], x: torch.Tensor, stats: Stats) -> torch.Tensor:
     """Apply ``layers`` (in inference mode), with every instance norm using the whole-image statistics in
     ``stats``."""
     for layer in layers:
-        if isinstance(layer, nn.InstanceNorm2d):
-            mean, var = stats[layer]
-            scale = torch.rsqrt(var + layer.eps) * (layer.weight if layer.affine else 1)
-            shift = (layer.bias if layer.affine else 0) - mean * scale
-            x = torch.addcmul(shift[:, None, None], x.float(), scale[:, None, None]).to(x.dtype)
-        else:
-            x = layer(x)
+        x = normalize(layer, x, *stats[layer]) if isinstance(layer, nn.InstanceNorm2d) else layer(x)
     return x
 
 
@@ -96,6 +106,7 @@ def run_tiled(
     tile: int,
     halo: int,
     finish: Callable[[torch.Tensor], torch.Tensor] = lambda y: y,
+    adjust: NormStats | None = None,
 ) -> torch.Tensor:
     """``layers`` (then ``finish``) over ``x`` tile by tile, first gathering whole-image statistics for each
     instance norm."""
@@ -104,29 +115,34 @@ def run_tiled(
             total, squares, count = map_tiles(lambda t, i=i: run_layers(layers[:i], t, stats), x, tile, halo, True)
             mean = total / count
             var = (squares / count - mean.pow(2)).clamp_min(0)
-            stats[layer] = (mean.float().to(x.device), var.float().to(x.device))
+            set_stats(stats, layer, mean.float().to(x.device), var.float().to(x.device), adjust)
     return map_tiles(lambda t: finish(run_layers(layers, t, stats)), x, tile, halo)
 
 
-def run_materialized(layers: Sequence[nn.Module], x: torch.Tensor, stats: Stats, tile: int, halo: int) -> torch.Tensor:
+def run_materialized(
+    layers: Sequence[nn.Module], x: torch.Tensor, stats: Stats, tile: int, halo: int, adjust: NormStats | None = None
+) -> torch.Tensor:
     """``layers`` over ``x``, keeping the whole input of every instance norm (no recomputation, two whole
     tensors at a time) and running the layers between them in tiles (bounded convolution workspace)."""
     cuts = [i for i, layer in enumerate(layers) if isinstance(layer, nn.InstanceNorm2d)]
     for start, end in zip([0, *cuts], [*cuts, len(layers)]):
         if start in cuts:
             var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
-            stats[layers[start]] = (mean, var)
+            set_stats(stats, layers[start], mean, var, adjust)
         x = map_tiles(lambda t, start=start, end=end: run_layers(layers[start:end], t, stats), x, tile, halo)
     return x
 
 
-def stylize_tiled(net: TransformerNet, images: torch.Tensor, tile: int) -> torch.Tensor:
-    """The network's forward pass on (1, 3, H, W) ``images`` with full-resolution parts in ``tile``-px tiles."""
+def stylize_tiled(
+    net: TransformerNet, images: torch.Tensor, tile: int, adjust: NormStats | None = None
+) -> torch.Tensor:
+    """The network's forward pass on (1, 3, H, W) ``images`` with full-resolution parts in ``tile``-px tiles;
+    ``adjust`` replaces each norm's whole-image statistics (see fast_style.stabilize)."""
     tile = max(64, tile - tile % 4)
     stats: Stats = {}
     height, width = images.shape[-2:]
-    features = run_tiled(leaf_layers(net.encoder), pad_to_multiple_of_4(images), stats, tile, HALO)
+    features = run_tiled(leaf_layers(net.encoder), pad_to_multiple_of_4(images), stats, tile, HALO, adjust=adjust)
     for block in net.residuals:  # ResidualBlock.forward, with the sum in place (one tensor less at a time)
-        features += run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4)
-    out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, to_unit_range)
+        features += run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4, adjust)
+    out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, to_unit_range, adjust)
     return out[..., :height, :width]

@@ -169,7 +169,7 @@ def test_existing_outputs_and_inputs_are_never_overwritten(model_file, tmp_path)
     ("overrides", "message"),
     [
         (("style=nope",), "no model for style 'nope'"),
-        (("input=/nowhere/*.jpg",), "matches no image file"),
+        (("input=/nowhere/*.jpg",), "matches no image or video file"),
         (("strength=2",), "strength must be between 0 and 1"),
         (("precision=fp8",), "precision must be"),
     ],
