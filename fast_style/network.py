@@ -17,8 +17,10 @@ from fast_style.errors import UserError
 
 Norm = Literal["instance", "batch"]
 Upsample = Literal["transposed", "nearest"]
+Output = Literal["tanh", "linear"]
 NORMS = ("instance", "batch")
 UPSAMPLES = ("transposed", "nearest")
+OUTPUTS = ("tanh", "linear")
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -88,16 +90,19 @@ class TransformerNet(nn.Module):
         width: float = 1.0,
         residual_blocks: int = 5,
         decoder_norm: bool = True,
+        output: Output = "tanh",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise UserError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if upsample not in UPSAMPLES:
             raise UserError(f"model.upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
+        if output not in OUTPUTS:
+            raise UserError(f"model.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         if not 0 < width <= 4:
             raise UserError(f"model.width must be in (0, 4], got {width!r}")
         self.norm, self.upsample, self.width, self.residual_blocks = norm, upsample, float(width), residual_blocks
-        self.decoder_norm = bool(decoder_norm)
+        self.decoder_norm, self.output = bool(decoder_norm), output
         up_norm = norm if decoder_norm else None
         c1, c2, c3 = (max(4, round(c * width)) for c in (32, 64, 128))
         self.encoder = nn.Sequential(
@@ -120,13 +125,22 @@ class TransformerNet(nn.Module):
             "width": self.width,
             "residual_blocks": self.residual_blocks,
             "decoder_norm": self.decoder_norm,
+            "output": self.output,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch of RGB images in [0, 1] (N, 3, H, W) to stylised images in [0, 1] of the same size."""
         h, w = x.shape[-2:]
         y = self.decoder(self.residuals(self.encoder(pad_to_multiple_of_4(x))))
-        return to_unit_range(y)[..., :h, :w]
+        return self.finish(y)[..., :h, :w]
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """The last layer's output as an image in [0, 1]: through tanh (the paper), or linearly (y/2 + 1/2),
+        clamped only outside training, so that no pixel can saturate where its gradient vanishes."""
+        if self.output == "tanh":
+            return to_unit_range(y)
+        y = y * 0.5 + 0.5
+        return y if self.training else y.clamp(0, 1)
 
 
 def pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:

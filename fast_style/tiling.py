@@ -25,7 +25,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from fast_style.network import TransformerNet, pad_to_multiple_of_4, to_unit_range
+from fast_style.network import TransformerNet, pad_to_multiple_of_4
 
 Stats = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
 # (layer, means (N, C), variances (N, C)) → the statistics to normalise with (video stabilization), same shapes.
@@ -144,5 +144,5 @@ def stylize_tiled(
     features = run_tiled(leaf_layers(net.encoder), pad_to_multiple_of_4(images), stats, tile, HALO, adjust=adjust)
     for block in net.residuals:  # ResidualBlock.forward, with the sum in place (one tensor less at a time)
         features += run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4, adjust)
-    out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, to_unit_range, adjust)
+    out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, net.finish, adjust)
     return out[..., :height, :width]

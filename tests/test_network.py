@@ -42,6 +42,20 @@ def test_decoder_norm_false_leaves_the_upsampling_layers_unnormalised(upsample):
     assert net(torch.rand(1, 3, 36, 20)).shape == (1, 3, 36, 20)
 
 
+def test_linear_output_is_unclamped_in_training_and_in_image_range_otherwise():
+    torch.manual_seed(0)
+    net = TransformerNet(output="linear")
+    with torch.no_grad():
+        net.decoder[-1][-1].bias.fill_(3.0)  # a last layer pushing every pixel far above white
+    x = torch.rand(1, 3, 32, 32)
+    raw = net.train()(x)
+    assert raw.min() > 1  # training sees the values themselves: no flat, gradient-free region
+    assert torch.equal(net.eval()(x), raw.clamp(0, 1))
+    tanh = TransformerNet(output="tanh")
+    tanh.load_state_dict(net.state_dict())
+    assert tanh.train()(x).max() <= 1  # while tanh saturates
+
+
 def test_half_width_is_a_light_model():
     full = sum(p.numel() for p in TransformerNet().parameters())
     light = sum(p.numel() for p in TransformerNet(width=0.5).parameters())
@@ -55,13 +69,13 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
-@pytest.mark.parametrize("bad", [{"norm": "layer"}, {"upsample": "bilinear"}, {"width": 0}])
+@pytest.mark.parametrize("bad", [{"norm": "layer"}, {"upsample": "bilinear"}, {"width": 0}, {"output": "relu"}])
 def test_bad_options_are_rejected_with_the_key_name(bad):
     with pytest.raises(ValueError, match="model\\."):
         TransformerNet(**bad)
 
 
 def test_config_round_trips_the_architecture():
-    net = TransformerNet(norm="batch", upsample="nearest", width=0.5, decoder_norm=False)
+    net = TransformerNet(norm="batch", upsample="nearest", width=0.5, decoder_norm=False, output="linear")
     twin = TransformerNet(**net.config())
     twin.load_state_dict(net.state_dict())  # same architecture: every key and shape matches

@@ -24,8 +24,8 @@ def photo(size: tuple[int, int] = (397, 301)) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"upsample": "nearest"}, {"norm": "batch"}, {"decoder_norm": False}],
-    ids=["instance-norm", "nearest-upsampling", "batch-norm", "no-decoder-norm"],
+    [{}, {"upsample": "nearest"}, {"norm": "batch"}, {"decoder_norm": False}, {"output": "linear"}],
+    ids=["instance-norm", "nearest-upsampling", "batch-norm", "no-decoder-norm", "linear-output"],
 )
 @torch.inference_mode()
 def test_tiled_output_matches_the_untiled_pass_with_no_seam(options):
