@@ -121,11 +121,17 @@ def main(argv: list[str]) -> None:
     """``python -m fast_style.export style=NAME|PATH format=onnx|torchscript output=FILE [overwrite=true]``"""
     from fast_style.config import parse_key_values
     from fast_style.inference import find_model
+    from fast_style.options import boolean, choice, integer, text
 
     defaults = {"style": "starry_night", "format": "onnx", "output": None, "opset": 18, "overwrite": False}
-    cfg = parse_key_values(defaults, argv)
-    if cfg.format not in ("onnx", "torchscript"):
-        raise UserError(f"format must be onnx or torchscript, got {cfg.format!r}")
+    rules = {
+        "style": text(),
+        "format": choice("onnx", "torchscript"),
+        "output": text(null=True),
+        "opset": integer(7),
+        "overwrite": boolean,
+    }
+    cfg = parse_key_values(defaults, argv, rules)
     source = find_model(cfg.style)
     net, _ = load_model(source)
     output = Path(cfg.output or source.with_suffix(".onnx" if cfg.format == "onnx" else ".pt").name)

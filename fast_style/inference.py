@@ -23,9 +23,23 @@ from fast_style.errors import UserError
 from fast_style.export import atomic_path, build_network, load_model
 from fast_style.images import IMAGE_EXTENSIONS, read_image
 from fast_style.network import TransformerNet
+from fast_style.options import DEVICE, Rule, boolean, choice, integer, number, text
 from fast_style.tiling import stylize_tiled
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# stylize.py's keys and what their values must be (both methods; optimize.* are checked by fast_style.optimize).
+STYLIZE_RULES: dict[str, Rule] = {
+    "input": text(),
+    "output": text(),
+    "device": DEVICE,
+    "precision": choice("auto", *PRECISIONS),
+    "max_size": integer(1, null=True),
+    "preserve_color": boolean,
+    "strength": number(0, 1),
+    "overwrite": boolean,
+    "compile": boolean,
+    "fiftyone.dataset": text(null=True),
+}
 # ITU-R BT.601 full-range RGB → YCbCr (the JPEG convention), on [0, 1] values.
 RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 

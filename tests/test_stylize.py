@@ -165,13 +165,34 @@ def test_existing_outputs_and_inputs_are_never_overwritten(model_file, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("spelling", ["no", "false", "'false'", "off"])
+def test_overwrite_no_never_overwrites(model_file, tmp_path, spelling):
+    """A string is truthy in Python: overwrite=no once replaced an existing output."""
+    photo = tmp_path / "photo.jpg"
+    sample((32, 32)).save(photo)
+    (tmp_path / "out.png").write_bytes(b"precious")
+    result = run_stylize(tmp_path, f"style={model_file}", f"input={photo}", "output=out.png", f"overwrite={spelling}")
+    assert result.returncode == 2 and "exist already" in result.stderr
+    assert (tmp_path / "out.png").read_bytes() == b"precious"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (("style=nope",), "no model for style 'nope'"),
         (("input=/nowhere/*.jpg",), "matches no image file"),
-        (("strength=2",), "strength must be between 0 and 1"),
-        (("precision=fp8",), "precision must be"),
+        (("strength=2",), "strength=2 is not a number from 0 to 1"),
+        (("precision=fp8",), "precision='fp8' is not one of auto, fp32, fp16, bf16"),
+        (("strength=abc",), "strength='abc' is not a number from 0 to 1"),
+        (("max_size=0",), "max_size=0 is not an integer from 1"),
+        (("max_size=big",), "max_size='big' is not an integer"),
+        (("device=5",), "device=5 is not auto, cpu, cuda, cuda:N or mps"),
+        (("overwrite=maybe",), "overwrite='maybe' is not true or false"),
+        (("preserve_color=sometimes",), "preserve_color='sometimes' is not true or false"),
+        (("outptu=x",), "stylize has no option 'outptu'"),
+        (("input=photos/café.jpg",), "quote such a value for Hydra"),
+        (("input=a,b.jpg",), "add -m for a sweep"),
     ],
 )
 def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, message):

@@ -138,6 +138,11 @@ def test_an_existing_model_file_is_never_overwritten(trained, tmp_path):
         (("style=nope",), "unknown style 'nope'"),
         (("data.batch_size=four",), "data.batch_size='four' is not an integer"),
         (("model.norm=layer",), "model.norm must be one of instance, batch"),
+        (("trainer.max_stepz=3",), "train has no option 'trainer.max_stepz'"),
+        (("optimizer.lr=fast",), "optimizer.lr='fast' is not a number > 0"),
+        (("trainer.precision=bf17",), "trainer.precision='bf17' is not one of"),
+        (("export.overwrite=maybe",), "export.overwrite='maybe' is not true or false"),
+        (("data.root=photos/café",), "quote such a value for Hydra"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
