@@ -44,6 +44,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create ``folder`` if needed and write a file in it, so that a location that cannot be written is one line
+    before any work (and never a traceback after a long run). Probing beats ``os.access``, which says yes to root
+    even on a read-only file system."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write the {what} to {folder} ({e.strerror or e}); choose another location") from e
+
+
 def save_model(
     net: TransformerNet, path: str | Path, metadata: dict[str, Any] | None = None, dtype: str = "float32"
 ) -> None:

@@ -7,8 +7,11 @@ stylized = Stylizer.load("starry_night")(Image.open("photo.jpg"))
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
+import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
 from fast_style.errors import UserError
-from fast_style.export import atomic_path, build_network, load_model
+from fast_style.export import atomic_path, build_network, check_writable, load_model
 from fast_style.images import IMAGE_EXTENSIONS, read_image
 from fast_style.network import TransformerNet
 from fast_style.options import DEVICE, Rule, boolean, choice, integer, number, text
@@ -186,7 +189,8 @@ class Stylizer:
         # dynamic=True: one compiled graph for every image size (photos in a folder differ in size).
         self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self.metadata = metadata
-        self.name = str(metadata.get("style", {}).get("name", "style"))
+        style = metadata.get("style")
+        self.name = safe_name(style.get("name", "style") if isinstance(style, dict) else "style")
 
     @classmethod
     def load(
@@ -266,11 +270,77 @@ def find_inputs(spec: str) -> list[Path]:
     return found
 
 
-def output_path(source: Path, style: str, output: Path, single: bool) -> Path:
-    """``output`` itself for one image and one style when it has a suffix, else ``output/<stem>_<style><ext>``."""
-    if single and output.suffix:
-        return output
-    return output / f"{source.stem}_{style}{source.suffix.lower()}"
+def safe_name(name: object) -> str:
+    """``name`` as one piece of a file name: letters, digits, ``_ - .`` only, no leading dot, never a path.
+
+    Style names come from model metadata, which anyone can write: ``../../x`` must not leave the output folder."""
+    cleaned = re.sub(r"[^\w.-]+", "_", str(name)).strip("._")
+    return cleaned or "style"
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """The second and later uses of a name get ``_2``, ``_3``, … (two checkpoints of one style in one call)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def names_a_file(output: str, single: bool) -> bool:
+    """Whether ``output`` is one output file: one image and one style, an image suffix Pillow can write, not an
+    existing folder and no trailing slash (``out/run_v1.2/`` and ``out/run_v1.2`` are folders)."""
+    path = Path(output).expanduser()
+    return (
+        single
+        and not output.endswith(("/", os.sep))
+        and path.suffix.lower() in Image.registered_extensions()
+        and not path.is_dir()
+    )
+
+
+def plan_outputs(sources: list[Path], names: list[str], output: str, overwrite: bool) -> dict[tuple[Path, str], Path]:
+    """Where each (source, style name) goes, checked as a whole before any work, so that nothing is lost.
+
+    A folder output keeps the inputs' folder structure below it (``2023/IMG_1.jpg`` and ``2024/IMG_1.jpg`` stay two
+    files), as ``<stem>_<style><ext>``. Names that would still collide, also on a case-insensitive file system
+    (``a.JPG`` and ``a.jpg``), are numbered (``a_<style>.jpg``, ``a_2_<style>.jpg``) and said. An input, an existing
+    output (without ``overwrite``) or a folder in an output's place is an error, as is an output location that cannot
+    be written (probed here, before the first image).
+    """
+    out = Path(output).expanduser()
+    if names_a_file(output, len(sources) == 1 and len(names) == 1):
+        plan = {(sources[0], names[0]): out}
+    else:
+        base = Path(os.path.commonpath([src.parent.absolute() for src in sources]))
+        stems, seen = {}, Counter[str]()
+        for src in sources:  # sorted: the first of a.JPG / a.jpg keeps its stem, the next is a_2
+            key = str(src.parent.absolute() / f"{src.stem}{src.suffix}").lower()
+            seen[key] += 1
+            stems[src] = src.stem if seen[key] == 1 else f"{src.stem}_{seen[key]}"
+            if seen[key] > 1:
+                print(f"note: {src} is written as {stems[src]}_<style>: another input has the same name")
+        plan = {
+            (src, name): out / src.parent.absolute().relative_to(base) / f"{stems[src]}_{name}{src.suffix.lower()}"
+            for src in sources
+            for name in names
+        }
+        taken = Counter(str(dst).lower() for dst in plan.values())
+        if clash := next((dst for dst in plan.values() if taken[str(dst).lower()] > 1), None):
+            raise UserError(f"two outputs would be written to {clash}; rename one of their inputs")
+    inputs = {src.resolve() for src in sources}
+    if clash := next((dst for dst in plan.values() if dst.resolve() in inputs), None):
+        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
+    if folder := next((dst for dst in plan.values() if dst.is_dir()), None):
+        raise UserError(f"output {folder} is an existing folder; choose another output=")
+    if not overwrite and (existing := [dst for dst in plan.values() if dst.exists()]):
+        raise UserError(
+            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
+        )
+    for folder in sorted({dst.parent for dst in plan.values()}):
+        check_writable(folder, "output")
+    return plan
 
 
 def save_image(image: Image.Image, path: Path) -> None:
@@ -306,16 +376,10 @@ def stylize_files(
         raise UserError(f"strength must be between 0 and 1, got {strength}")
     sources = find_inputs(input)
     stylizers = [Stylizer.load(style, device, precision, tile, compile) for style in styles]
+    names = unique_names([s.name for s in stylizers])  # two models of one style: wave, wave_2
+    destinations = plan_outputs(sources, names, output, overwrite)
+    plan = [(src, s, destinations[src, name]) for src in sources for s, name in zip(stylizers, names)]
     out = Path(output).expanduser()
-    single = len(sources) == 1 and len(stylizers) == 1
-    plan = [(src, s, output_path(src, s.name, out, single)) for src in sources for s in stylizers]
-    inputs = {src.resolve() for src in sources}
-    if clash := next((dst for _, _, dst in plan if dst.resolve() in inputs), None):
-        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
-    if not overwrite and (existing := [dst for _, _, dst in plan if dst.exists()]):
-        raise UserError(
-            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
-        )
 
     failed: dict[Path, str] = {}
     took: dict[Path, float] = {}  # output file → seconds to read, stylize and write it

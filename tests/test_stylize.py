@@ -201,3 +201,53 @@ def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, me
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def stylize_quietly(styles: list, input: Path, output: Path | str, **options) -> int:
+    from fast_style.inference import stylize_files
+
+    return stylize_files([str(s) for s in styles], str(input), str(output), device="cpu", precision="fp32", **options)
+
+
+def files_below(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_same_names_in_one_run_give_separate_outputs(model_file, tmp_path):
+    """2023/IMG_0001.jpg and 2024/IMG_0001.jpg, a.JPG and a.jpg, and two models of one style: once one output
+    silently replaced the other."""
+    photos = tmp_path / "photos"
+    for name in ("2023/IMG_0001.jpg", "2024/IMG_0001.jpg", "a.JPG", "a.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        sample((24, 20)).save(photos / name, format="JPEG")
+    second_model = tmp_path / "tiny_again.safetensors"
+    second_model.write_bytes(model_file.read_bytes())  # same style name in its metadata
+    assert stylize_quietly([model_file, second_model], photos, tmp_path / "out") == 0
+    expected = [f"{stem}_{style}.jpg" for stem in ("2023/IMG_0001", "2024/IMG_0001") for style in ("tiny", "tiny_2")]
+    expected += [f"{stem}_{style}.jpg" for stem in ("a", "a_2") for style in ("tiny", "tiny_2")]  # a_2: a.jpg
+    assert files_below(tmp_path / "out") == sorted(expected)
+
+
+def test_a_style_name_from_model_metadata_never_leaves_the_output_folder(tmp_path):
+    crafted = tmp_path / "crafted.safetensors"
+    save_model(TransformerNet(width=0.25), crafted, {"style": {"name": "../../escaped"}})
+    photos = tmp_path / "a" / "b" / "photos"
+    photos.mkdir(parents=True)
+    sample((24, 20)).save(photos / "p.jpg")
+    assert stylize_quietly([crafted], photos, tmp_path / "a" / "b" / "out") == 0
+    assert files_below(tmp_path) == ["a/b/out/p_escaped.jpg", "a/b/photos/p.jpg", "crafted.safetensors"]
+
+
+@pytest.mark.parametrize("output", ["out/run_v1.2/", "out/run_v1.2", "existing.png"])
+def test_an_output_with_dots_a_trailing_slash_or_an_existing_folder_is_a_folder(model_file, tmp_path, output):
+    (tmp_path / "existing.png").mkdir()
+    sample((24, 20)).save(tmp_path / "p.jpg")
+    assert stylize_quietly([model_file], tmp_path / "p.jpg", tmp_path / output) == 0
+    assert (tmp_path / output / "p_tiny.jpg").is_file()
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_work(model_file, tmp_path):
+    sample((24, 20)).save(tmp_path / "p.jpg")
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write the output to .*a_file/out"):
+        stylize_quietly([model_file], tmp_path / "p.jpg", tmp_path / "a_file" / "out")
