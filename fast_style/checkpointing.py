@@ -14,12 +14,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from fast_style.config import cpu_info
 from fast_style.errors import UserError
-from fast_style.export import DTYPES, atomic_path, read_metadata, save_model
+from fast_style.export import DTYPES, atomic_path, check_writable, read_metadata, save_model
 
 
 def hardware(device: torch.device) -> str:
@@ -54,6 +55,7 @@ class ExportCallback(pl.Callback):
         self.metadata = dict(metadata or {})
         self.run_id = uuid.uuid4().hex
         self.seconds_before, self.started = 0.0, time.monotonic()
+        self.failure: str | None = None  # why the latest export failed, if it did
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "train_seconds": self.train_seconds()}
@@ -67,6 +69,12 @@ class ExportCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = time.monotonic()
+        if self.path.is_dir():
+            raise UserError(f"export.path={self.path} is a folder; give a file name like {self.path}/x.safetensors")
+        if trainer.is_global_zero:  # where this run writes, before its first step: not after hours of training
+            check_writable(self.path.parent, "model file (export.path)")
+            if isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
+                check_writable(trainer.checkpoint_callback.dirpath, "Lightning checkpoints")
         if not self.path.exists():
             return
         try:
@@ -87,7 +95,24 @@ class ExportCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.export(trainer, pl_module)
-        rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
+        if not trainer.is_global_zero:
+            return
+        if self.failure is None:
+            rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
+            return
+        # The trained network must survive: keep it in a Lightning checkpoint (one process only: saving through the
+        # trainer would wait for the other processes, which do not get here).
+        checkpoint = trainer.checkpoint_callback
+        folder = Path(checkpoint.dirpath) if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath else None
+        final = (folder or Path(trainer.default_root_dir)) / f"step{trainer.global_step:06d}-final.ckpt"
+        if trainer.world_size == 1:
+            trainer.save_checkpoint(final)
+        elif isinstance(checkpoint, ModelCheckpoint) and checkpoint.last_model_path:
+            final = Path(checkpoint.last_model_path)
+        raise UserError(
+            f"{self.failure}; the trained network is kept in the Lightning checkpoint {final}: stylize with "
+            f"style={final}, or resume with ckpt_path={final} export.path=ELSEWHERE"
+        )
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -104,4 +129,9 @@ class ExportCallback(pl.Callback):
             "train_seconds": round(self.train_seconds()),
             "hardware": hardware(pl_module.device),
         }
-        save_model(pl_module.net, self.path, metadata, self.dtype)
+        try:
+            save_model(pl_module.net, self.path, metadata, self.dtype)
+            self.failure = None
+        except OSError as e:  # a full disk or a vanished folder must not cost the run its checkpoints
+            self.failure = f"could not write the model file {self.path} ({e.strerror or e})"
+            rank_zero_warn(f"export: {self.failure}; training goes on, and its Lightning checkpoints are kept")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import re
 import time
 from collections import Counter
@@ -89,14 +88,17 @@ def find_model(style: str | Path) -> Path:
     )
 
 
-def load_lightning_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
-    """The transformer from a training checkpoint, read with ``weights_only=True`` (no arbitrary unpickling)."""
+def load_lightning_checkpoint(path: Path, what: str = "checkpoint") -> tuple[TransformerNet, dict[str, Any]]:
+    """The transformer from a training checkpoint, read with ``weights_only=True`` (no arbitrary unpickling);
+    one line naming ``what`` (``ckpt_path``, ``style``) for a missing, empty or foreign file."""
+    if not path.is_file():
+        raise UserError(f"{what}={path} does not exist; give a .ckpt from a run's checkpoints/ folder")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # torch.load raises many kinds on a file it cannot read (empty, truncated, a pickle)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a loadable Lightning checkpoint of plain tensors ({first_line})") from e
-    if not isinstance(checkpoint, dict) or "fast_style_model" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "fast_style_model" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{path} is not a fast-style training checkpoint (no 'fast_style_model' entry)")
     config = checkpoint["fast_style_model"]
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -108,9 +110,7 @@ def load_network(style: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
     ``metadata["path"]`` says which file it came from."""
     path = find_model(style)
     if path.suffix == ".ckpt":
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} does not exist")
-        net, metadata = load_lightning_checkpoint(path)
+        net, metadata = load_lightning_checkpoint(path, "style")
         metadata["style"] = {"name": path.stem}
     else:
         net, metadata = load_model(path)

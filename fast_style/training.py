@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
 from fast_style.config import check_config
 from fast_style.errors import UserError
-from fast_style.inference import load_network
+from fast_style.inference import load_lightning_checkpoint, load_network
 from fast_style.loss import PerceptualLoss
 from fast_style.module import StyleTransferModule
 from fast_style.network import TransformerNet
@@ -94,5 +94,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     # Every setting becomes a TensorBoard hparam, so runs can be compared side by side.
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+        load_lightning_checkpoint(Path(str(ckpt_path)).expanduser(), "ckpt_path")  # one line if it is no checkpoint
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -143,11 +143,21 @@ def test_an_existing_model_file_is_never_overwritten(trained, tmp_path):
         (("trainer.precision=bf17",), "trainer.precision='bf17' is not one of"),
         (("export.overwrite=maybe",), "export.overwrite='maybe' is not true or false"),
         (("data.root=photos/café",), "quote such a value for Hydra"),
+        (("export.path={a_file}/model.safetensors",), "cannot write the model file (export.path) to"),
+        (("export.path={empty}",), "is a folder; give a file name"),
+        (("ckpt_path=/nowhere/last.ckpt",), "ckpt_path=/nowhere/last.ckpt does not exist"),
+        (("ckpt_path={a_file}",), "is not a loadable Lightning checkpoint"),
+        (("ckpt_path={empty_file}",), "is not a loadable Lightning checkpoint"),
+        (("ckpt_path={foreign_ckpt}",), "is not a fast-style training checkpoint"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
     (tmp_path / "empty").mkdir()
-    overrides = tuple(o.format(empty=tmp_path / "empty") for o in overrides)
+    (tmp_path / "a_file").write_text("not a folder, not a checkpoint")
+    (tmp_path / "empty_file").write_bytes(b"")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    places = {"empty": tmp_path / "empty", "a_file": tmp_path / "a_file", "empty_file": tmp_path / "empty_file"}
+    overrides = tuple(o.format(**places, foreign_ckpt=tmp_path / "foreign.ckpt") for o in overrides)
     result = run_train(tmp_path, *FAST, "trainer.max_steps=1", *overrides, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
@@ -199,3 +209,47 @@ def test_unreadable_training_files_are_skipped_counted_and_logged(tmp_path):
     output = result.stdout + result.stderr
     for name in ("truncated.jpg", "empty.png", "notes.jpg"):
         assert output.count(f"skipping an unreadable training file: {photos / name}") == 1  # once each
+
+
+def test_an_export_failure_mid_run_keeps_every_checkpoint_and_the_final_network(tmp_path):
+    """The folder of export.path vanishes after the start checks (a full or unmounted disk): training goes on,
+    checkpoints are written, and the end is one line naming a checkpoint with the final weights."""
+    import pytorch_lightning as pl
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
+    from fast_style.config import CONFIG_DIR
+    from fast_style.errors import UserError
+    from fast_style.inference import load_lightning_checkpoint
+    from fast_style.training import build_module
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(FAST))
+    exports = tmp_path / "exports"
+
+    class LoseTheExportFolder(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            shutil.rmtree(exports)
+            exports.write_text("now a file: nothing can be written below it")
+
+    pl.seed_everything(0)
+    module, checkpoints = build_module(cfg), tmp_path / "checkpoints"
+    callbacks = [
+        ExportCallback(str(exports / "model.safetensors")),
+        ModelCheckpoint(dirpath=checkpoints, filename="step{step:06d}", auto_insert_metric_name=False,
+                        every_n_train_steps=2, save_top_k=-1, save_last=True),
+        LoseTheExportFolder(),
+    ]  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+        limit_val_batches=0, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"could not write the model file .*kept in the Lightning checkpoint .*final"):
+        trainer.fit(module, datamodule=instantiate(cfg.data))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step000002.ckpt", "step000003-final.ckpt"]
+    net, meta = load_lightning_checkpoint(checkpoints / "step000003-final.ckpt")
+    assert meta["steps"] == 3
+    for name, tensor in module.net.state_dict().items():
+        assert torch.equal(net.state_dict()[name], tensor.cpu()), name
