@@ -125,10 +125,14 @@ def pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:
     """Reflection-pad the bottom and right to the network's total downsampling factor.
 
     Always pads (by 0 where the side is already a multiple of 4): one graph for every size, which is
-    what ONNX export with dynamic height/width needs. Reflection needs pad < side.
+    what ONNX export with dynamic height/width (sides of at least 8) needs. Reflection needs pad < side,
+    so an image with a side under 8 (a 1×1 or 3×2 thumbnail) is padded by repeating its edge up to 8.
     """
     h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect" if min(h, w) >= 4 else "replicate")
+    side = 8  # the first 9×9 convolution reflects 4 px (a local: TorchScript cannot read module constants)
+    if min(h, w) < side:
+        return F.pad(x, (0, max(-w % 4, side - w), 0, max(-h % 4, side - h)), mode="replicate")
+    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect")
 
 
 def to_unit_range(y: torch.Tensor) -> torch.Tensor:

@@ -291,6 +291,13 @@ def optimize_files(cfg: DictConfig) -> int:
                 continue
             if style_cfg is not loss_cfg:
                 loss, loss_cfg = build_loss(style_cfg).to(device), style_cfg
+            if min(photo.size) < loss.vgg.min_side:  # the loss network's poolings need this much
+                failed.add(src)
+                progress.console.print(
+                    f"skipped: {src} is {photo.width}x{photo.height} after max_size; the loss network needs at least"
+                    f" {loss.vgg.min_side} px on each side"
+                )
+                continue
             task = progress.add_task(f"{src.name} → {style_cfg.style.name}", total=iterations, losses="")
 
             def on_step(step: Step, task: int = task, dst: Path = dst) -> None:

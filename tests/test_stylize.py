@@ -251,3 +251,19 @@ def test_an_unwritable_output_folder_is_one_line_before_any_work(model_file, tmp
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(UserError, match=r"cannot write the output to .*a_file/out"):
         stylize_quietly([model_file], tmp_path / "p.jpg", tmp_path / "a_file" / "out")
+
+
+@pytest.mark.parametrize("max_size", [None, 2])
+def test_tiny_images_and_max_size_2_do_not_stop_a_folder(model_file, tmp_path, max_size):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sizes = {"dot.png": (1, 1), "three_by_two.png": (3, 2), "strip.png": (40, 3), "photo.jpg": (48, 36)}
+    for name, size in sizes.items():
+        sample(size).save(photos / name)
+    assert stylize_quietly([model_file], photos, tmp_path / "out", max_size=max_size) == 0
+    for name, size in sizes.items():
+        out = Image.open(tmp_path / "out" / f"{Path(name).stem}_tiny{Path(name).suffix}")
+        expected = Image.new("RGB", size)
+        if max_size:
+            expected.thumbnail((max_size, max_size))  # as stylizing shrinks (never enlarges)
+        assert out.size == expected.size, name
