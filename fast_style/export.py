@@ -86,7 +86,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable .safetensors model file ({e}); re-export or re-download it") from e
     if raw.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a fast-style model (format {raw.get('format')!r})")
-    return {key: value if key == "format" else json.loads(value) for key, value in raw.items()}
+    try:
+        metadata = {key: value if key == "format" else json.loads(value) for key, value in raw.items()}
+    except ValueError as e:
+        raise UserError(f"{path} has malformed metadata ({e}); re-export or re-download it") from e
+    if not isinstance(metadata.get("model"), dict):
+        raise UserError(f"{path} does not record its architecture ('model' metadata); re-export or re-download it")
+    return metadata
 
 
 def build_network(config: dict[str, Any], state: dict[str, torch.Tensor], source: str | Path) -> TransformerNet:
@@ -120,6 +126,11 @@ def export_torchscript(net: TransformerNet, path: str | Path) -> None:
 
 def export_onnx(net: TransformerNet, path: str | Path, opset: int = 18) -> None:
     """ONNX with dynamic batch, height and width (sides of at least 8 px), input and output in [0, 1]."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx's exporter needs both, from the onnx extra)
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"format=onnx needs the onnx extra ({e}): pip install 'fast-style[onnx]'") from e
     net = net.float().eval().to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 3, 64, 48)
     dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=8, max=16384)}

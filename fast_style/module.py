@@ -22,6 +22,13 @@ from fast_style.network import TransformerNet
 log = logging.getLogger(__name__)
 
 
+def write_lines(path: Path, lines: list[str]) -> None:
+    """One line each, in UTF-8; a file name that is not valid UTF-8 (Python keeps its bytes as surrogates) is
+    written back as its original bytes instead of failing at the end of a long run."""
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.writelines(f"{line}\n" for line in lines)
+
+
 class StyleTransferModule(pl.LightningModule):
     """Trains ``net`` to minimise ``loss`` (whose style targets must already be set).
 
@@ -98,7 +105,7 @@ class StyleTransferModule(pl.LightningModule):
             problems = set().union(*(p for p in per_process if p))
         if problems and self.trainer.is_global_zero:
             path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
-            path.write_text("".join(f"{problem}\n" for problem in sorted(problems)))
+            write_lines(path, sorted(problems))
             log.warning("skipped %d unreadable training files; they are listed in %s", len(problems), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

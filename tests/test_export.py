@@ -71,3 +71,40 @@ def test_weights_that_do_not_match_the_recorded_architecture_are_a_clear_error(t
     save_file(load_file(str(path)), str(path), metadata=raw)
     with pytest.raises(UserError, match="does not match its recorded architecture"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"format": "fast-style/1", "model": "{not json"}, "malformed metadata"),
+        ({"format": "fast-style/1", "style": '{"name": "x"}'}, "does not record its architecture"),
+        ({"format": "fast-style/1", "model": '"instance"'}, "does not record its architecture"),
+    ],
+)
+def test_model_files_with_malformed_metadata_are_one_clear_line(tmp_path, metadata, message):
+    from fast_style import Stylizer
+
+    path = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in TransformerNet(width=0.25).state_dict().items()}, str(path), metadata)
+    with pytest.raises(UserError, match=message):
+        Stylizer.load(path)
+
+
+def test_onnx_export_without_the_onnx_extra_is_one_line(tmp_path):
+    """Run as a user without ``pip install 'fast-style[onnx]'`` would: onnxscript cannot be imported."""
+    import subprocess
+    import sys
+
+    save_model(TransformerNet(width=0.25), tmp_path / "m.safetensors")
+    code = (
+        "import sys; sys.modules['onnxscript'] = None; from fast_style.errors import exit_on_user_error; "
+        "from fast_style.export import main\nwith exit_on_user_error(): main(sys.argv[1:])"
+    )
+    args = [f"style={tmp_path / 'm.safetensors'}", f"output={tmp_path / 'm.onnx'}"]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: format=onnx needs the onnx extra (import of onnxscript "
+        "halted; None in sys.modules): pip install 'fast-style[onnx]'"
+    ]
+    assert not (tmp_path / "m.onnx").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -199,16 +200,20 @@ def test_unreadable_training_files_are_skipped_counted_and_logged(tmp_path):
     (photos / "truncated.jpg").write_bytes(real[0].read_bytes()[:4000])
     (photos / "empty.png").write_bytes(b"")
     (photos / "notes.jpg").write_text("not an image")
+    latin1 = photos / os.fsdecode(b"caf\xe9.jpg")  # a file name that is not UTF-8 (an old camera, a zip)
+    latin1.write_bytes(b"junk")
     result = run_train(
-        tmp_path, *FAST, f"data.root={photos}", "data.batch_size=7", "trainer.max_steps=3",
+        tmp_path, *FAST, f"data.root={photos}", "data.batch_size=8", "trainer.max_steps=3",
         "trainer.log_every_n_steps=1", "export.path=model.safetensors",
     )  # fmt: skip
     assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
     counts = [e.value for e in events(only_run(tmp_path / "logs")).Scalars("data/unreadable_files")]
-    assert counts == [3.0, 3.0, 3.0]
+    assert counts == [4.0, 4.0, 4.0]
     output = result.stdout + result.stderr
     for name in ("truncated.jpg", "empty.png", "notes.jpg"):
         assert output.count(f"skipping an unreadable training file: {photos / name}") == 1  # once each
+    listed = (only_run(tmp_path / "logs") / "unreadable_files.txt").read_bytes().splitlines()
+    assert len(listed) == 4 and any(line.startswith(os.fsencode(latin1)) for line in listed)  # its own bytes
 
 
 def test_an_export_failure_mid_run_keeps_every_checkpoint_and_the_final_network(tmp_path):
