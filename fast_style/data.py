@@ -76,15 +76,17 @@ def crop_reduction(
     return next(factor for factor in (8, 4, 2, 1) if factor == 1 or smallest / factor >= size)
 
 
-Sample = tuple[torch.Tensor | None, str]  # (image, "") or, for an unreadable file, (None, what is wrong)
+Sample = tuple[torch.Tensor | None, list[str]]  # (image or None, what was wrong with each unreadable file tried)
 Batch = tuple[torch.Tensor, list[str]]  # the readable images, and one message per unreadable file
 
 
 class ImageFiles(Dataset[Sample]):
     """Images from a list of files, as float tensors in [0, 1] after ``transform`` (see :func:`read_rgb_tensor`).
 
-    An unreadable file does not raise (that would end a long run): it yields ``(None, reason)``,
-    which :func:`collate_readable` drops from the batch and reports.
+    An unreadable file does not raise (that would end a long run). With ``substitute`` (training) the next readable
+    file in the list takes its place, so every batch is full and every process of a multi-GPU run does the same
+    work (a skipped step on one process stops them all); without it (validation) it yields ``None``, which
+    :func:`collate_readable` drops. Either way the reasons go along, to be reported.
     """
 
     def __init__(
@@ -93,23 +95,29 @@ class ImageFiles(Dataset[Sample]):
         transform: v2.Transform,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         reduction: Callable[[int, int], int] | None = None,
+        substitute: bool = False,
     ) -> None:
         self.paths, self.transform, self.max_pixels, self.reduction = paths, transform, max_pixels, reduction
+        self.substitute = substitute
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Sample:
-        try:
-            return self.transform(read_rgb_tensor(self.paths[index], self.max_pixels, self.reduction)), ""
-        except UserError as e:
-            return None, str(e)
+        problems = []
+        for offset in range(len(self.paths) if self.substitute else 1):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                return self.transform(read_rgb_tensor(path, self.max_pixels, self.reduction)), problems
+            except UserError as e:
+                problems.append(str(e))
+        return None, problems  # without substitute: this file; with it: every file is unreadable
 
 
 def collate_readable(samples: list[Sample]) -> Batch:
-    """Stack the readable images (possibly none) and list what was wrong with the others."""
+    """Stack the readable images (possibly none) and list what was wrong with the unreadable files."""
     images = [image for image, _ in samples if image is not None]
-    problems = [problem for image, problem in samples if image is None]
+    problems = list(dict.fromkeys(problem for _, found in samples for problem in found))
     return (torch.stack(images) if images else torch.empty(0, 3, 0, 0)), problems
 
 
@@ -164,6 +172,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), to_float]),
             self.max_pixels,
             partial(crop_reduction, size=self.image_size, min_scale=crop.scale[0], ratio=crop.ratio),
+            substitute=True,
         )
         val_paths = list_images(self.val_root, "data.val_root")[: self.val_max_images] if self.val_root else []
         self.val_set = ImageFiles(

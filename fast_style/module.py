@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchvision.utils import make_grid
 
 from fast_style.data import Batch
+from fast_style.errors import UserError
 from fast_style.loss import PerceptualLoss
 from fast_style.network import TransformerNet
 
@@ -71,11 +72,14 @@ class StyleTransferModule(pl.LightningModule):
                 rank_zero_warn(f"skipping an unreadable training file: {problem}")
         return self._layout(images)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         batch = self._readable(batch)
         self.log("data/unreadable_files", float(len(self.unreadable)))
-        if not len(batch):
-            return None  # every file of this batch was unreadable: skip the step
+        if not len(batch):  # readable files stand in for unreadable ones, so only a folder of nothing but those
+            raise UserError(
+                f"none of the training files could be read ({len(self.unreadable)} tried, e.g. "
+                f"{min(self.unreadable)}); check them with python -m fast_style.data check DIR"
+            )
         terms = self.loss(self.net(batch), batch)
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
