@@ -26,6 +26,13 @@ FORMAT = "fast-style/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
@@ -38,6 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -104,6 +112,12 @@ def build_network(config: dict[str, Any], state: dict[str, torch.Tensor], source
     except (TypeError, ValueError, RuntimeError) as e:
         first_line = str(e).strip().splitlines()[0]
         raise UserError(f"{source} does not match its recorded architecture {config}: {first_line}") from e
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:  # it would turn every photo black without a word
+        raise UserError(
+            f"{source} has NaN or infinite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged; "
+            "use an earlier checkpoint, or retrain with a lower optimizer.lr"
+        )
     return net.eval()
 
 

@@ -108,3 +108,28 @@ def test_onnx_export_without_the_onnx_extra_is_one_line(tmp_path):
         "halted; None in sys.modules): pip install 'fast-style[onnx]'"
     ]
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_with_nan_weights_is_refused_not_turned_into_black_images(tmp_path):
+    net = TransformerNet(width=0.25)
+    with torch.no_grad():
+        net.decoder[-1][1].weight[0, 0, 0, 0] = float("nan")  # a diverged training run
+    save_model(net, tmp_path / "diverged.safetensors")
+    with pytest.raises(UserError, match="has NaN or infinite weights .*training diverged"):
+        load_model(tmp_path / "diverged.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_written_atomically_get_the_mode_the_umask_gives(tmp_path, umask):
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        save_model(TransformerNet(width=0.25), tmp_path / "m.safetensors")
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")  # what open() gives under this umask
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
