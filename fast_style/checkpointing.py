@@ -20,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from fast_style.config import cpu_info
 from fast_style.errors import UserError
-from fast_style.export import DTYPES, atomic_path, check_writable, read_metadata, save_model
+from fast_style.export import DTYPES, atomic_path, check_writable, read_metadata, remove_stale_temporaries, save_model
 
 
 def hardware(device: torch.device) -> str:
@@ -72,9 +72,16 @@ class ExportCallback(pl.Callback):
         if self.path.is_dir():
             raise UserError(f"export.path={self.path} is a folder; give a file name like {self.path}/x.safetensors")
         if trainer.is_global_zero:  # where this run writes, before its first step: not after hours of training
-            check_writable(self.path.parent, "model file (export.path)")
+            folders = [self.path.parent]
             if isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
-                check_writable(trainer.checkpoint_callback.dirpath, "Lightning checkpoints")
+                folders.append(Path(trainer.checkpoint_callback.dirpath))
+            if trainer.ckpt_path:  # the run resumed here was perhaps killed mid-write
+                folders.append(Path(trainer.ckpt_path).parent)
+            for folder, what in zip(folders, ("model file (export.path)", "Lightning checkpoints")):
+                check_writable(folder, what)
+            for folder in folders:
+                for path in remove_stale_temporaries(folder):
+                    rank_zero_info(f"removed {path}, left by an interrupted write")
         if not self.path.exists():
             return
         try:

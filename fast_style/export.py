@@ -7,9 +7,12 @@ plus whatever the trainer records (style, loss, data, config, steps, losses, dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,25 @@ from fast_style.network import TransformerNet
 
 FORMAT = "fast-style/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# atomic_path's temporaries: .<name>.<8 random characters from mkstemp>.tmp
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | Path, older_than: float = 3600.0) -> list[Path]:
+    """Delete atomic_path temporaries left in ``folder`` by a write that was killed (they are checkpoint-sized),
+    if untouched for ``older_than`` seconds: a write in progress, by another run, keeps its file. Returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete
+            if TEMPORARY.match(path.name) and path.is_file() and time.time() - path.stat().st_mtime > older_than:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def current_umask() -> int:

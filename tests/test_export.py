@@ -133,3 +133,18 @@ def test_files_written_atomically_get_the_mode_the_umask_gives(tmp_path, umask):
         os.umask(previous)
     mode = stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode)
     assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temporaries_of_killed_writes_are_removed_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from fast_style.export import remove_stale_temporaries
+
+    old, fresh = tmp_path / ".last.ckpt.ab12cd34.tmp", tmp_path / ".model.safetensors.zz99yy88.tmp"
+    for path in (old, fresh, tmp_path / "notes.tmp", tmp_path / "last.ckpt"):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(tmp_path / "notes.tmp", (time.time() - 7200, time.time() - 7200))  # not one of ours
+    assert remove_stale_temporaries(tmp_path) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "notes.tmp", "last.ckpt"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fast_style.export import load_model, read_metadata
 from fast_style.network import TransformerNet
 
-from .conftest import FAST, photo, run_train
+from .conftest import FAST, ROOT, photo, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +77,11 @@ def test_exported_model_reproduces_the_trained_network(trained):
     assert len(meta["style"]["images"][0]["sha256"]) == 64
     assert meta["loss"]["network"] == "vgg19" and "train/loss" in meta["losses"]
     assert meta["train_seconds"] > 0 and meta["hardware"]  # the training record shown in the gallery
+    # Shareable: names, hashes and paths relative to the checkout, not the training machine's folders.
+    recorded = json.dumps(meta)
+    assert str(ROOT) not in recorded and str(trained) not in recorded and str(Path.home()) not in recorded
+    assert meta["style"]["images"][0]["path"] == "data/styles/starry_night.jpg"
+    assert meta["data"]["root"] == "data/samples" and meta["config"]["paths"]["root"] == "."
     ckpt = torch.load(only_run(trained / "logs") / "checkpoints" / "last.ckpt", weights_only=True)
     reference = TransformerNet(**meta["model"])
     reference.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
@@ -95,6 +102,10 @@ def test_training_checkpoints_stylize_like_the_exported_model(trained):
 
 def test_resume_continues_step_count_and_lr_schedule(trained):
     first = only_run(trained / "logs")
+    # A checkpoint write killed mid-way leaves its temporary (checkpoint-sized): resuming removes it.
+    stale = first / "checkpoints" / ".step000040.ckpt.k3x_9a2q.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     run_train(
         trained, *FAST, *COSINE, "trainer.max_steps=40", "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=15", "export.path=model.safetensors",
@@ -111,6 +122,7 @@ def test_resume_continues_step_count_and_lr_schedule(trained):
     # The resumed run may update its own export (same run id) and records the total steps.
     resumed_meta = read_metadata(trained / "model.safetensors")
     assert resumed_meta["steps"] == 40
+    assert not stale.exists()
     # Training time adds up over both runs: the resume starts from the time recorded at step 20.
     state = torch.load(first / "checkpoints" / "step000020.ckpt", weights_only=True)["callbacks"]
     (before,) = [v["train_seconds"] for k, v in state.items() if k.startswith("ExportCallback")]
