@@ -20,7 +20,7 @@ from fast_style.images import read_image
 from fast_style.inference import RGB_TO_YCBCR, to_tensor
 from fast_style.network import TransformerNet
 
-from .conftest import ROOT, SAMPLES
+from .conftest import ROOT, SAMPLES, photo
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,19 @@ def test_tiny_images_and_max_size_2_do_not_stop_a_folder(model_file, tmp_path, m
         if max_size:
             expected.thumbnail((max_size, max_size))  # as stylizing shrinks (never enlarges)
         assert out.size == expected.size, name
+
+
+def test_bf16_output_layer_tanh_and_8_bit_conversion_run_in_fp32():
+    """In bf16 the output had only bf16's 8-bit mantissa (steps of 1/256 near white), which bands smooth skies
+    once converted to 8-bit pixels. The body of the network still runs in bf16 (that is its speed-up); its
+    rounding leaves noise of well under one level on average, not bands."""
+    torch.manual_seed(0)
+    net = TransformerNet().eval()  # full width: bf16 is emulated on CPUs without AVX512-BF16, so a small photo
+    x = photo(size=96)
+    out = Stylizer(net, {}, "cpu", "bf16").stylize_tensor(x)
+    assert (out.bfloat16().float() == out).float().mean() < 0.01  # was 1.0: every value on the bf16 grid
+    reference = Stylizer(net, {}, "cpu", "fp32").stylize_tensor(x)
+    levels = (out * 255 + 0.5).floor() - (reference * 255 + 0.5).floor()
+    assert levels.abs().mean() < 0.7 and levels.abs().max() <= 6
+    with torch.autocast("cpu", torch.bfloat16):
+        assert net(x).dtype == torch.float32
