@@ -53,7 +53,7 @@ def read_rgb_tensor(
         factor = reduction(opened.width, opened.height) if reduction else 1
         if factor > 1:
             opened.draft(None, (opened.width // factor, opened.height // factor))
-        elif opened.format == "JPEG":
+        elif opened.format == "JPEG" and not opened.info.get("icc_profile"):  # decode_jpeg ignores colour profiles
             with suppress(RuntimeError):
                 return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         image = upright_8bit(opened)

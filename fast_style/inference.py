@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
 from fast_style.errors import UserError
 from fast_style.export import atomic_path, build_network, check_writable, load_model
-from fast_style.images import IMAGE_EXTENSIONS, read_image
+from fast_style.images import IMAGE_EXTENSIONS, SRGB_ICC, read_image
 from fast_style.network import TransformerNet
 from fast_style.options import DEVICE, Rule, boolean, choice, integer, number, text
 from fast_style.tiling import stylize_tiled
@@ -344,12 +344,16 @@ def plan_outputs(sources: list[Path], names: list[str], output: str, overwrite: 
 
 
 def save_image(image: Image.Image, path: Path) -> None:
-    """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported)."""
+    """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported), tagged
+    as sRGB."""
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     if fmt == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
+    options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["icc_profile"] = SRGB_ICC  # the pixels are sRGB (inputs with other profiles were converted)
     with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+        image.save(tmp, format=fmt, **options)
 
 
 def stylize_files(

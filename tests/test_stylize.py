@@ -283,3 +283,45 @@ def test_bf16_output_layer_tanh_and_8_bit_conversion_run_in_fp32():
     assert levels.abs().mean() < 0.7 and levels.abs().max() <= 6
     with torch.autocast("cpu", torch.bfloat16):
         assert net(x).dtype == torch.float32
+
+
+def wide_gamut_copy(folder: Path, suffix: str) -> tuple[Path, np.ndarray]:
+    """A real photo stored in Adobe RGB (its pixels converted, the profile embedded), and its sRGB pixels."""
+    import io
+
+    from PIL import ImageCms
+
+    from .conftest import adobe_rgb_icc
+
+    icc = adobe_rgb_icc()
+    original = sample((96, 64))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    wide = ImageCms.profileToProfile(original, srgb, ImageCms.ImageCmsProfile(io.BytesIO(icc)), renderingIntent=1)
+    assert np.abs(np.asarray(wide, int) - np.asarray(original, int)).max() > 20  # the stored values differ
+    path = folder / f"wide{suffix}"
+    wide.save(path, icc_profile=icc, **({"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}))
+    return path, np.asarray(original, dtype=int)
+
+
+def test_photos_with_a_wide_gamut_profile_are_read_as_srgb_everywhere(tmp_path):
+    from fast_style.data import read_rgb_tensor
+
+    png, original = wide_gamut_copy(tmp_path, ".png")
+    assert np.abs(np.asarray(read_image(png), int) - original).max() <= 2  # stylizing, evaluation
+    assert np.abs(read_rgb_tensor(png).permute(1, 2, 0).numpy().astype(int) - original).max() <= 2  # training
+    jpeg, _ = wide_gamut_copy(tmp_path, ".jpg")  # training's fast JPEG decoder knows no profiles: not used here
+    assert np.array_equal(read_rgb_tensor(jpeg).permute(1, 2, 0).numpy(), np.asarray(read_image(jpeg)))
+    unconverted = np.abs(np.asarray(Image.open(jpeg).convert("RGB"), int) - original)
+    converted = np.abs(read_rgb_tensor(jpeg).permute(1, 2, 0).numpy().astype(int) - original)
+    assert converted.mean() < 0.7 * unconverted.mean()
+
+
+def test_strength_zero_gives_back_a_wide_gamut_photo_in_its_own_colours_tagged_srgb(model_file, tmp_path):
+    from PIL import ImageCms
+
+    png, original = wide_gamut_copy(tmp_path, ".png")
+    assert stylize_quietly([model_file], png, tmp_path / "out.png", strength=0.0) == 0
+    written = Image.open(tmp_path / "out.png")
+    assert np.abs(np.asarray(written.convert("RGB"), int) - original).max() <= 2
+    profile = ImageCms.ImageCmsProfile(__import__("io").BytesIO(written.info["icc_profile"]))
+    assert "sRGB" in ImageCms.getProfileDescription(profile)
