@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext, suppress
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from rich.progress import track
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
@@ -103,7 +103,16 @@ class ImageFiles(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, item: int | tuple[int, int]) -> Sample:
+        """``item``: an index, or (index, seed) from :class:`ResumableSampler`, which fixes its random crop."""
+        if isinstance(item, tuple):
+            index, seed = item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._read(index)
+        return self._read(item)
+
+    def _read(self, index: int) -> Sample:
         problems = []
         for offset in range(len(self.paths) if self.substitute else 1):
             path = self.paths[(index + offset) % len(self.paths)]
@@ -112,6 +121,28 @@ class ImageFiles(Dataset[Sample]):
             except UserError as e:
                 problems.append(str(e))
         return None, problems  # without substitute: this file; with it: every file is unreadable
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """A random order of ``size`` indices per epoch, each index with its own seed for its random crop, both drawn
+    from ``seed`` and the epoch alone: so the data of step k is the same whether or not the run was stopped and
+    resumed in between. ``done()`` says how many samples of the current epoch the training loop has already used
+    (restored from a checkpoint when resuming mid-epoch); iteration starts after them."""
+
+    def __init__(self, size: int, seed: int, done: Callable[[], int] = lambda: 0) -> None:
+        self.size, self.seed, self.done, self.epoch = size, seed, done, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        yield from list(zip(order, seeds))[self.done() :]
 
 
 def collate_readable(samples: list[Sample]) -> Batch:
@@ -183,11 +214,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.max_pixels,
         )
 
+    def samples_done(self) -> int:
+        """Training samples (all processes) the loop has used in the current epoch: 0, or where a resumed run
+        left off (Lightning restores its batch count from the checkpoint before it asks for the data)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return batches * self.batch_size * trainer.world_size
+
     def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[Batch]:
+        sampler = ResumableSampler(len(dataset), torch.initial_seed(), self.samples_done) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else len(dataset) or 1,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers if train else 0,
             persistent_workers=train and self.num_workers > 0,

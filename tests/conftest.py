@@ -30,6 +30,7 @@ def photo(name: str | None = None, size: int = 64) -> torch.Tensor:
 def run_train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``python train.py <overrides>`` in ``cwd`` (so logs/ and checkpoints/ land there)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cwd.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env, capture_output=True, text=True
     )

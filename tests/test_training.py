@@ -270,3 +270,27 @@ def test_an_export_failure_mid_run_keeps_every_checkpoint_and_the_final_network(
     assert meta["steps"] == 3
     for name, tensor in module.net.state_dict().items():
         assert torch.equal(net.state_dict()[name], tensor.cpu()), name
+
+
+def test_resuming_mid_epoch_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path):
+    """12 bundled photos in batches of 2: 6 steps an epoch. 8 steps straight against 4 steps, stop, resume to 8:
+    the data order and the random crops are part of the checkpoint, so every weight is identical."""
+    from safetensors.torch import load_file
+
+    common = (
+        *FAST,
+        "data.batch_size=2",
+        "trainer.val_check_interval=100",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+    )
+    run_train(tmp_path / "straight", *common, "trainer.max_steps=8", "export.path=model.safetensors")
+    run_train(tmp_path / "first", *common, "trainer.max_steps=4", "export.path=model.safetensors")
+    (checkpoint,) = (tmp_path / "first" / "logs").rglob("step000004.ckpt")
+    run_train(
+        tmp_path / "first", *common, "trainer.max_steps=8", "export.path=model.safetensors", f"ckpt_path={checkpoint}"
+    )
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "first" / "model.safetensors")
+    assert read_metadata(tmp_path / "first" / "model.safetensors")["steps"] == 8
+    different = [name for name in straight if not torch.equal(straight[name], resumed[name])]
+    assert not different, f"{len(different)} of {len(straight)} tensors differ, e.g. {different[0]}"
