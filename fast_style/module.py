@@ -91,9 +91,10 @@ class StyleTransferModule(pl.LightningModule):
             return
         output = self.net(batch)
         terms = self.loss(output, batch)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch))
+        # sync_dist: with several processes each validates its share of the photos; log the mean over all of them.
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
         # hp_metric: the number TensorBoard's HPARAMS tab shows next to each run's settings.
-        self.log("hp_metric", terms["loss"], batch_size=len(batch))
+        self.log("hp_metric", terms["loss"], batch_size=len(batch), sync_dist=True)
         if batch_idx == 0 and isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
             # Row 1: the validation photos; row 2: their stylisations.
             grid = make_grid(torch.cat([batch, output]).float().clamp(0, 1).cpu(), nrow=len(batch), padding=4)
@@ -107,8 +108,9 @@ class StyleTransferModule(pl.LightningModule):
             per_process: list[set[str] | None] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_process, self.unreadable)
             problems = set().union(*(p for p in per_process if p))
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask, not rank zero alone
         if problems and self.trainer.is_global_zero:
-            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
+            path = Path(log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
             write_lines(path, sorted(problems))
             log.warning("skipped %d unreadable training files; they are listed in %s", len(problems), path)
 

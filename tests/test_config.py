@@ -102,6 +102,11 @@ def test_boolean_keys_take_the_usual_spellings_as_real_booleans(spelling, value)
     assert cfg.export.overwrite is value and cfg.channels_last is value
 
 
+def test_ddp_does_not_resend_the_frozen_loss_networks_buffers_every_step():
+    strategy = instantiate(compose_train("trainer=ddp").trainer.strategy)
+    assert strategy._ddp_kwargs["broadcast_buffers"] is False
+
+
 def test_missing_data_root_says_which_key_to_set():
     cfg = compose_train(data_root=None)
     assert OmegaConf.is_missing(cfg.data, "root")

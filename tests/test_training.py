@@ -194,12 +194,22 @@ def test_sweeps_give_one_run_folder_per_setting(tmp_path):
     assert all(list(r.glob("events.out.tfevents.*")) for r in runs)
 
 
-def test_ddp_on_two_cpu_processes(tmp_path):
+def test_ddp_on_two_cpu_processes_survives_batches_of_unreadable_files(tmp_path):
+    """One readable photo among seven unreadable files, batches of 2 on each of 2 processes: a batch with nothing
+    readable on one process once skipped its step there, and DDP stopped the run."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted((Path(__file__).parents[1] / "data" / "samples").glob("*.jpg"))[0], photos)
+    for i in range(7):
+        (photos / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     run_train(
-        tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.precision=32-true", "trainer.max_steps=3", "export.path=model.safetensors",
+        tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.root={photos}",
+        "data.batch_size=2", "trainer.precision=32-true", "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "export.path=model.safetensors",
     )  # fmt: skip
     assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
+    listed = (only_run(tmp_path / "logs") / "unreadable_files.txt").read_text().splitlines()  # from both processes
+    assert listed and all("broken" in line for line in listed)
     assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1  # rank zero logs alone
 
 
