@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "samples"
 STYLES = ROOT / "data" / "styles"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # beside the checkout, as CI lays it out; may be absent
 
 
 def photo(name: str | None = None, size: int = 64) -> torch.Tensor:

@@ -6,7 +6,6 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +26,9 @@ from fast_style.optimize import (
 from fast_style.style import load_style_image
 from fast_style.training import build_loss
 
-from .conftest import ROOT, SAMPLES, STYLES
+from .conftest import ROOT, SAMPLES, SHARED_DATA, STYLES
 
-SHARED_PHOTO = Path("/work/shared/data/content/amber.jpg")
+SHARED_PHOTO = SHARED_DATA / "content" / "amber.jpg"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
