@@ -8,15 +8,18 @@ import sys
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from fast_style.config import CONFIG_DIR
 from fast_style.errors import exit_on_user_error
-from fast_style.inference import stylize_files
+from fast_style.inference import STYLIZE_RULES, stylize_files
 from fast_style.optimize import check_method, optimize_argv, optimize_files
+from fast_style.options import check_overrides, check_values
 from fast_style.video import VideoSettings
 
 
 @hydra.main(version_base="1.3", config_path="configs/stylize", config_name="stylize")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
+        check_values(cfg, STYLIZE_RULES)
         if check_method(cfg) == "optimize":
             sys.exit(1 if optimize_files(cfg) else 0)
         styles = list(cfg.style) if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
@@ -40,4 +43,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = optimize_argv(sys.argv)  # style.image=, loss=... for method=optimize
+    with exit_on_user_error():
+        check_overrides(sys.argv[1:], CONFIG_DIR / "stylize", "stylize")
     main()

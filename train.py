@@ -8,8 +8,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fast_style.config import resolve_style_argument
+from fast_style.config import CONFIG_DIR, resolve_style_argument
 from fast_style.errors import exit_on_user_error
+from fast_style.options import check_overrides
 from fast_style.training import train
 
 
@@ -22,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     with exit_on_user_error():
         sys.argv = resolve_style_argument(sys.argv)
+        check_overrides(sys.argv[1:], CONFIG_DIR, "train", multirun=bool({"-m", "--multirun"} & set(sys.argv)))
     main()

@@ -1,6 +1,6 @@
 """Data-loading throughput, next to what a training step consumes.
 
-    python benchmarks/data.py [--root /work/shared/data/train_photos] [--batches 50] [--size 256] [--batch 4]
+    python benchmarks/data.py [--root ../shared/data/train_photos] [--batches 50] [--size 256] [--batch 4]
 
 Decoders: ms per JPEG (about 100, spread over ``--root``) in one process, for Pillow and torchvision's decode_jpeg
 at full size (what training uses with the default 256 px crops of COCO-sized photos) and for Pillow's draft mode at
@@ -27,7 +27,7 @@ from fast_style.config import cpu_precision
 from fast_style.data import ImageFolderDataModule, crop_reduction, read_rgb_tensor
 from fast_style.images import list_images, read_image
 
-DEFAULT_ROOT = Path("/work/shared/data/train_photos")
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "train_photos"  # beside the checkout
 DECODE_PASSES = 9
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from fast_style.config import cpu_info
 from fast_style.errors import UserError
-from fast_style.export import DTYPES, atomic_path, read_metadata, save_model
+from fast_style.export import DTYPES, atomic_path, check_writable, read_metadata, remove_stale_temporaries, save_model
 
 
 def hardware(device: torch.device) -> str:
@@ -64,6 +65,7 @@ class ExportCallback(pl.Callback):
         self.metadata = dict(metadata or {})
         self.run_id = uuid.uuid4().hex
         self.seconds_before, self.started = 0.0, time.monotonic()
+        self.failure: str | None = None  # why the latest export failed, if it did
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "train_seconds": self.train_seconds()}
@@ -78,6 +80,19 @@ class ExportCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = time.monotonic()
+        if self.path.is_dir():
+            raise UserError(f"export.path={self.path} is a folder; give a file name like {self.path}/x.safetensors")
+        if trainer.is_global_zero:  # where this run writes, before its first step: not after hours of training
+            folders = [self.path.parent]
+            if isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
+                folders.append(Path(trainer.checkpoint_callback.dirpath))
+            if trainer.ckpt_path:  # the run resumed here was perhaps killed mid-write
+                folders.append(Path(trainer.ckpt_path).parent)
+            for folder, what in zip(folders, ("model file (export.path)", "Lightning checkpoints")):
+                check_writable(folder, what)
+            for folder in folders:
+                for path in remove_stale_temporaries(folder):
+                    rank_zero_info(f"removed {path}, left by an interrupted write")
         if not self.path.exists():
             return
         try:
@@ -106,7 +121,24 @@ class ExportCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.export(trainer, pl_module)
-        rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
+        if not trainer.is_global_zero:
+            return
+        if self.failure is None:
+            rank_zero_info(f"export: wrote {self.path} ({trainer.global_step} steps)")
+            return
+        # The trained network must survive: keep it in a Lightning checkpoint (one process only: saving through the
+        # trainer would wait for the other processes, which do not get here).
+        checkpoint = trainer.checkpoint_callback
+        folder = Path(checkpoint.dirpath) if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath else None
+        final = (folder or Path(trainer.default_root_dir)) / f"step{trainer.global_step:06d}-final.ckpt"
+        if trainer.world_size == 1:
+            trainer.save_checkpoint(final)
+        elif isinstance(checkpoint, ModelCheckpoint) and checkpoint.last_model_path:
+            final = Path(checkpoint.last_model_path)
+        raise UserError(
+            f"{self.failure}; the trained network is kept in the Lightning checkpoint {final}: stylize with "
+            f"style={final}, or resume with ckpt_path={final} export.path=ELSEWHERE"
+        )
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path | None = None) -> None:
         if not trainer.is_global_zero:
@@ -123,4 +155,13 @@ class ExportCallback(pl.Callback):
             "train_seconds": round(self.train_seconds()),
             "hardware": hardware(pl_module.device),
         }
-        save_model(pl_module.net, path or self.path, metadata, self.dtype)
+        target = path or self.path  # a snapshot's failure is warned about, never the run's failure
+        try:
+            save_model(pl_module.net, target, metadata, self.dtype)
+            if path is None:
+                self.failure = None
+        except OSError as e:  # a full disk or a vanished folder must not cost the run its checkpoints
+            failure = f"could not write the model file {target} ({e.strerror or e})"
+            if path is None:
+                self.failure = failure
+            rank_zero_warn(f"export: {failure}; training goes on, and its Lightning checkpoints are kept")

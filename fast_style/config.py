@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fast_style.errors import UserError
+from fast_style.options import Rule, boolean, check_values, choice, integer, number, text
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -34,12 +36,21 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def parse_key_values(defaults: dict[str, Any], argv: list[str]) -> DictConfig:
-    """``key=value`` command-line arguments over ``defaults`` (for the ``python -m fast_style.*`` tools)."""
+def parse_key_values(defaults: dict[str, Any], argv: list[str], rules: Mapping[str, Rule] | None = None) -> DictConfig:
+    """``key=value`` command-line arguments over ``defaults`` (for the ``python -m fast_style.*`` tools): an unknown
+    key is an error (a typo must not silently leave the default in force), and ``rules`` check the values."""
+    base = OmegaConf.create(defaults)
+    OmegaConf.set_struct(base, True)
     try:
-        return OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))  # type: ignore[return-value]
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
     except Exception as e:
-        raise UserError(f"could not read the arguments {argv} ({e}); use key=value pairs") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"could not read the arguments {' '.join(argv)} ({reason}); use key=value pairs with the keys "
+            + ", ".join(defaults)
+        ) from e
+    assert isinstance(cfg, DictConfig)
+    return check_values(cfg, rules or {})
 
 
 def cpu_precision() -> str:
@@ -51,25 +62,30 @@ OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 OmegaConf.register_new_resolver("gpu_amp_precision", gpu_amp_precision, replace=True)
 
-# Keys users set on the command line, with the Python types they must have.
-EXPECTED_TYPES: dict[str, tuple[type, ...]] = {
-    "data.image_size": (int,),
-    "data.batch_size": (int,),
-    "data.num_workers": (int,),
-    "trainer.max_steps": (int,),
-    "trainer.precision": (str, int),
-    "loss.content_weight": (int, float),
-    "loss.style_weight": (int, float),
-    "loss.tv_weight": (int, float),
-    "model.norm": (str,),
-    "model.upsample": (str,),
-    "model.width": (int, float),
-    "style.size": (int, type(None)),
-    "export.overwrite": (bool,),
-    "seed": (int, type(None)),
+# Lightning's precision settings (trainer.precision), as it accepts them.
+PRECISIONS = (
+    "32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64", 64
+)  # fmt: skip
+# Keys users set on the command line, and what their values must be.
+TRAIN_RULES: dict[str, Rule] = {
+    "data.image_size": integer(16),
+    "data.batch_size": integer(1),
+    "data.num_workers": integer(0),
+    "trainer.max_steps": integer(1),
+    "trainer.precision": choice(*PRECISIONS),
+    "trainer.deterministic": boolean,
+    "optimizer.lr": number(positive=True),
+    "loss.content_weight": number(0),
+    "loss.style_weight": number(0),
+    "loss.tv_weight": number(0),
+    "model.norm": text(),
+    "model.upsample": text(),
+    "model.width": number(positive=True),
+    "style.size": integer(16, null=True),
+    "export.overwrite": boolean,
+    "channels_last": boolean,
+    "seed": integer(null=True),
 }
-_ABSENT = object()
-TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
 
 
 def style_names(config_dir: Path = CONFIG_DIR) -> list[str]:
@@ -104,19 +120,12 @@ def resolve_style_argument(argv: list[str], config_dir: Path = CONFIG_DIR) -> li
 
 
 def check_config(cfg: DictConfig) -> None:
-    """One clear line for a missing mandatory value or a value of the wrong type."""
+    """One clear line for a missing mandatory value or a value of the wrong type or range (booleans normalised)."""
     for key in ("data.root", "style.image"):
         node, _, leaf = key.rpartition(".")
         if OmegaConf.is_missing(OmegaConf.select(cfg, node), leaf):
             raise UserError(f"{key} is not set; add {key}=PATH to the command line")
-    for key, types in EXPECTED_TYPES.items():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is _ABSENT:
-            continue
-        # bool is an int subclass: never accept true/false for a number.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            expected = " or ".join(TYPE_NAMES[t] for t in types)
-            raise UserError(f"{key}={value!r} is not {expected}; fix it on the command line or in the config")
+    check_values(cfg, TRAIN_RULES)
 
 
 def compose_train_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig:

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext, suppress
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from rich.progress import track
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
@@ -53,7 +53,7 @@ def read_rgb_tensor(
         factor = reduction(opened.width, opened.height) if reduction else 1
         if factor > 1:
             opened.draft(None, (opened.width // factor, opened.height // factor))
-        elif opened.format == "JPEG":
+        elif opened.format == "JPEG" and not opened.info.get("icc_profile"):  # decode_jpeg ignores colour profiles
             with suppress(RuntimeError):
                 return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         image = upright_8bit(opened)
@@ -76,15 +76,17 @@ def crop_reduction(
     return next(factor for factor in (8, 4, 2, 1) if factor == 1 or smallest / factor >= size)
 
 
-Sample = tuple[torch.Tensor | None, str]  # (image, "") or, for an unreadable file, (None, what is wrong)
+Sample = tuple[torch.Tensor | None, list[str]]  # (image or None, what was wrong with each unreadable file tried)
 Batch = tuple[torch.Tensor, list[str]]  # the readable images, and one message per unreadable file
 
 
 class ImageFiles(Dataset[Sample]):
     """Images from a list of files, as float tensors in [0, 1] after ``transform`` (see :func:`read_rgb_tensor`).
 
-    An unreadable file does not raise (that would end a long run): it yields ``(None, reason)``,
-    which :func:`collate_readable` drops from the batch and reports.
+    An unreadable file does not raise (that would end a long run). With ``substitute`` (training) the next readable
+    file in the list takes its place, so every batch is full and every process of a multi-GPU run does the same
+    work (a skipped step on one process stops them all); without it (validation) it yields ``None``, which
+    :func:`collate_readable` drops. Either way the reasons go along, to be reported.
     """
 
     def __init__(
@@ -93,23 +95,60 @@ class ImageFiles(Dataset[Sample]):
         transform: v2.Transform,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         reduction: Callable[[int, int], int] | None = None,
+        substitute: bool = False,
     ) -> None:
         self.paths, self.transform, self.max_pixels, self.reduction = paths, transform, max_pixels, reduction
+        self.substitute = substitute
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Sample:
-        try:
-            return self.transform(read_rgb_tensor(self.paths[index], self.max_pixels, self.reduction)), ""
-        except UserError as e:
-            return None, str(e)
+    def __getitem__(self, item: int | tuple[int, int]) -> Sample:
+        """``item``: an index, or (index, seed) from :class:`ResumableSampler`, which fixes its random crop."""
+        if isinstance(item, tuple):
+            index, seed = item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._read(index)
+        return self._read(item)
+
+    def _read(self, index: int) -> Sample:
+        problems = []
+        for offset in range(len(self.paths) if self.substitute else 1):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                return self.transform(read_rgb_tensor(path, self.max_pixels, self.reduction)), problems
+            except UserError as e:
+                problems.append(str(e))
+        return None, problems  # without substitute: this file; with it: every file is unreadable
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """A random order of ``size`` indices per epoch, each index with its own seed for its random crop, both drawn
+    from ``seed`` and the epoch alone: so the data of step k is the same whether or not the run was stopped and
+    resumed in between. ``done()`` says how many samples of the current epoch the training loop has already used
+    (restored from a checkpoint when resuming mid-epoch); iteration starts after them."""
+
+    def __init__(self, size: int, seed: int, done: Callable[[], int] = lambda: 0) -> None:
+        self.size, self.seed, self.done, self.epoch = size, seed, done, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        yield from list(zip(order, seeds))[self.done() :]
 
 
 def collate_readable(samples: list[Sample]) -> Batch:
-    """Stack the readable images (possibly none) and list what was wrong with the others."""
+    """Stack the readable images (possibly none) and list what was wrong with the unreadable files."""
     images = [image for image, _ in samples if image is not None]
-    problems = [problem for image, problem in samples if image is None]
+    problems = list(dict.fromkeys(problem for _, found in samples for problem in found))
     return (torch.stack(images) if images else torch.empty(0, 3, 0, 0)), problems
 
 
@@ -164,6 +203,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), to_float]),
             self.max_pixels,
             partial(crop_reduction, size=self.image_size, min_scale=crop.scale[0], ratio=crop.ratio),
+            substitute=True,
         )
         val_paths = list_images(self.val_root, "data.val_root")[: self.val_max_images] if self.val_root else []
         self.val_set = ImageFiles(
@@ -174,11 +214,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.max_pixels,
         )
 
+    def samples_done(self) -> int:
+        """Training samples (all processes) the loop has used in the current epoch: 0, or where a resumed run
+        left off (Lightning restores its batch count from the checkpoint before it asks for the data)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return batches * self.batch_size * trainer.world_size
+
     def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[Batch]:
+        sampler = ResumableSampler(len(dataset), torch.initial_seed(), self.samples_done) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else len(dataset) or 1,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers if train else 0,
             persistent_workers=train and self.num_workers > 0,

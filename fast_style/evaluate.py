@@ -38,6 +38,7 @@ from fast_style.images import list_images, load_rgb
 from fast_style.inference import Stylizer, pick_device, save_image, to_image, to_tensor
 from fast_style.loss import PerceptualLoss
 from fast_style.optimize import STYLE_OVERRIDE, Step, optimize_image
+from fast_style.options import DEVICE, check_values, text
 from fast_style.style import as_list, file_sha256
 
 TERMS = ("content", "style", "tv", "total")
@@ -125,6 +126,9 @@ def parse_args(argv: Sequence[str]) -> tuple[DictConfig, list[str]]:
 def check_settings(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "content"):
         raise UserError("content is not set; add content=FOLDER (the photos to evaluate on)")
+    check_values(
+        cfg, {"device": DEVICE, "output": text(), "tensorboard": text(null=True), "loss_style": text(null=True)}
+    )
     iterations = cfg.iterations
     if (
         not isinstance(iterations, ListConfig)

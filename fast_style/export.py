@@ -7,9 +7,12 @@ plus whatever the trainer records (style, loss, data, config, steps, losses, dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +29,32 @@ FORMAT = "fast-style/1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+# atomic_path's temporaries: .<name>.<8 random characters from mkstemp>.tmp
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | Path, older_than: float = 3600.0) -> list[Path]:
+    """Delete atomic_path temporaries left in ``folder`` by a write that was killed (they are checkpoint-sized),
+    if untouched for ``older_than`` seconds: a write in progress, by another run, keeps its file. Returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete
+            if TEMPORARY.match(path.name) and path.is_file() and time.time() - path.stat().st_mtime > older_than:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
@@ -38,10 +67,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create ``folder`` if needed and write a file in it, so that a location that cannot be written is one line
+    before any work (and never a traceback after a long run). Probing beats ``os.access``, which says yes to root
+    even on a read-only file system."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write the {what} to {folder} ({e.strerror or e}); choose another location") from e
 
 
 def save_model(
@@ -72,7 +116,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable .safetensors model file ({e}); re-export or re-download it") from e
     if raw.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a fast-style model (format {raw.get('format')!r})")
-    return {key: value if key == "format" else json.loads(value) for key, value in raw.items()}
+    try:
+        metadata = {key: value if key == "format" else json.loads(value) for key, value in raw.items()}
+    except ValueError as e:
+        raise UserError(f"{path} has malformed metadata ({e}); re-export or re-download it") from e
+    if not isinstance(metadata.get("model"), dict):
+        raise UserError(f"{path} does not record its architecture ('model' metadata); re-export or re-download it")
+    return metadata
 
 
 def build_network(config: dict[str, Any], state: dict[str, torch.Tensor], source: str | Path) -> TransformerNet:
@@ -84,6 +134,12 @@ def build_network(config: dict[str, Any], state: dict[str, torch.Tensor], source
     except (TypeError, ValueError, RuntimeError) as e:
         first_line = str(e).strip().splitlines()[0]
         raise UserError(f"{source} does not match its recorded architecture {config}: {first_line}") from e
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:  # it would turn every photo black without a word
+        raise UserError(
+            f"{source} has NaN or infinite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged; "
+            "use an earlier checkpoint, or retrain with a lower optimizer.lr"
+        )
     return net.eval()
 
 
@@ -106,6 +162,11 @@ def export_torchscript(net: TransformerNet, path: str | Path) -> None:
 
 def export_onnx(net: TransformerNet, path: str | Path, opset: int = 18) -> None:
     """ONNX with dynamic batch, height and width (sides of at least 8 px), input and output in [0, 1]."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx's exporter needs both, from the onnx extra)
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"format=onnx needs the onnx extra ({e}): pip install 'fast-style[onnx]'") from e
     net = net.float().eval().to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 3, 64, 48)
     dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=8, max=16384)}
@@ -121,11 +182,17 @@ def main(argv: list[str]) -> None:
     """``python -m fast_style.export style=NAME|PATH format=onnx|torchscript output=FILE [overwrite=true]``"""
     from fast_style.config import parse_key_values
     from fast_style.inference import find_model
+    from fast_style.options import boolean, choice, integer, text
 
     defaults = {"style": "starry_night", "format": "onnx", "output": None, "opset": 18, "overwrite": False}
-    cfg = parse_key_values(defaults, argv)
-    if cfg.format not in ("onnx", "torchscript"):
-        raise UserError(f"format must be onnx or torchscript, got {cfg.format!r}")
+    rules = {
+        "style": text(),
+        "format": choice("onnx", "torchscript"),
+        "output": text(null=True),
+        "opset": integer(7),
+        "overwrite": boolean,
+    }
+    cfg = parse_key_values(defaults, argv, rules)
     source = find_model(cfg.style)
     net, _ = load_model(source)
     output = Path(cfg.output or source.with_suffix(".onnx" if cfg.format == "onnx" else ".pt").name)

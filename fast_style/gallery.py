@@ -24,6 +24,7 @@ from fast_style.evaluate import format_equivalent
 from fast_style.export import atomic_path
 from fast_style.images import read_image
 from fast_style.inference import Stylizer, find_inputs, save_image
+from fast_style.options import Rule, boolean, integer, text
 
 DEFAULTS: dict[str, Any] = {
     "styles": None,
@@ -99,8 +100,17 @@ def markdown(records: list[dict[str, str]], sheet: Path, output: Path, photos: i
     return "\n".join(lines)
 
 
+RULES: dict[str, Rule] = {
+    "content": text(),
+    "max_photos": integer(1),
+    "size": integer(16),
+    "output": text(),
+    "overwrite": boolean,
+}
+
+
 def main(argv: list[str]) -> Path:
-    cfg = parse_key_values(DEFAULTS, argv)
+    cfg = parse_key_values(DEFAULTS, argv, RULES)
     styles = cfg.styles
     if styles is None:
         styles = sorted(str(p) for p in (PROJECT_ROOT / "checkpoints").glob("*.safetensors"))

@@ -6,13 +6,14 @@ stylizing starts fast.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from fast_style.errors import UserError
 
@@ -70,10 +71,39 @@ def open_checked(path: str | Path, max_pixels: int) -> Image.Image:
     return image
 
 
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_ICC = SRGB.tobytes()  # embedded in what we write, so that viewers do not have to guess
+
+
+def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """``image`` converted from its embedded ICC profile (Adobe RGB, Display P3, a CMYK or gray profile) to sRGB,
+    which is what the network and every viewer of our outputs assume. Without a profile, or with one that cannot
+    be read or does not fit the image's mode, it is taken as sRGB already."""
+    if not icc or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(source).strip() == ImageCms.getProfileDescription(SRGB).strip():
+            return image
+        alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+        colour = image.convert({"RGBA": "RGB", "LA": "L"}.get(image.mode, image.mode))
+        converted = ImageCms.profileToProfile(
+            colour, source, SRGB, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB"
+        )
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return image
+    assert converted is not None
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
 def upright_8bit(image: Image.Image) -> Image.Image:
     """Decode an opened image as :func:`read_image` describes."""
+    icc = image.info.get("icc_profile")
     image = ImageOps.exif_transpose(image)
     image.load()
+    image = to_srgb(image, icc)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         values = np.asarray(image, dtype=np.float32)
         full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
@@ -84,9 +114,10 @@ def upright_8bit(image: Image.Image) -> Image.Image:
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open any common image as upright 8-bit RGB(A): EXIF rotation applied; grayscale, CMYK, palette and 16-bit
-    images converted; transparency kept as an alpha channel. A UserError for a file that cannot be decoded or has
-    more than ``max_pixels`` pixels (refused from its header, before decoding)."""
+    """Open any common image as upright 8-bit sRGB(A): EXIF rotation applied; an embedded colour profile converted
+    to sRGB; grayscale, CMYK, palette and 16-bit images converted; transparency kept as an alpha channel. A UserError
+    for a file that cannot be decoded or has more than ``max_pixels`` pixels (refused from its header, before
+    decoding)."""
     with reading_errors(path), open_checked(path, max_pixels) as opened:
         return upright_8bit(opened)
 

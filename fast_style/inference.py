@@ -7,8 +7,10 @@ stylized = Stylizer.load("starry_night")(Image.open("photo.jpg"))
 from __future__ import annotations
 
 import contextlib
-import pickle
+import os
+import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fast_style.config import PROJECT_ROOT, cpu_has_fast_bf16
 from fast_style.errors import UserError
-from fast_style.export import atomic_path, build_network, load_model
-from fast_style.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image
+from fast_style.export import atomic_path, build_network, check_writable, load_model
+from fast_style.images import IMAGE_EXTENSIONS, SRGB_ICC, VIDEO_EXTENSIONS, read_image
 from fast_style.network import TransformerNet
+from fast_style.options import DEVICE, Rule, boolean, choice, integer, number, text
 from fast_style.stabilize import norm_statistics
 from fast_style.tiling import NormStats, stylize_tiled
 
@@ -30,6 +33,19 @@ if TYPE_CHECKING:
     from fast_style.video import VideoSettings
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# stylize.py's keys and what their values must be (both methods; optimize.* are checked by fast_style.optimize).
+STYLIZE_RULES: dict[str, Rule] = {
+    "input": text(),
+    "output": text(),
+    "device": DEVICE,
+    "precision": choice("auto", *PRECISIONS),
+    "max_size": integer(1, null=True),
+    "preserve_color": boolean,
+    "strength": number(0, 1),
+    "overwrite": boolean,
+    "compile": boolean,
+    "fiftyone.dataset": text(null=True),
+}
 # ITU-R BT.601 full-range RGB → YCbCr (the JPEG convention), on [0, 1] values.
 RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
@@ -76,14 +92,17 @@ def find_model(style: str | Path) -> Path:
     )
 
 
-def load_lightning_checkpoint(path: Path) -> tuple[TransformerNet, dict[str, Any]]:
-    """The transformer from a training checkpoint, read with ``weights_only=True`` (no arbitrary unpickling)."""
+def load_lightning_checkpoint(path: Path, what: str = "checkpoint") -> tuple[TransformerNet, dict[str, Any]]:
+    """The transformer from a training checkpoint, read with ``weights_only=True`` (no arbitrary unpickling);
+    one line naming ``what`` (``ckpt_path``, ``style``) for a missing, empty or foreign file."""
+    if not path.is_file():
+        raise UserError(f"{what}={path} does not exist; give a .ckpt from a run's checkpoints/ folder")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # torch.load raises many kinds on a file it cannot read (empty, truncated, a pickle)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a loadable Lightning checkpoint of plain tensors ({first_line})") from e
-    if not isinstance(checkpoint, dict) or "fast_style_model" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "fast_style_model" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{path} is not a fast-style training checkpoint (no 'fast_style_model' entry)")
     config = checkpoint["fast_style_model"]
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -95,9 +114,7 @@ def load_network(style: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
     ``metadata["path"]`` says which file it came from."""
     path = find_model(style)
     if path.suffix == ".ckpt":
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} does not exist")
-        net, metadata = load_lightning_checkpoint(path)
+        net, metadata = load_lightning_checkpoint(path, "style")
         metadata["style"] = {"name": path.stem}
     else:
         net, metadata = load_model(path)
@@ -183,7 +200,8 @@ class Stylizer:
         # dynamic=True: one compiled graph for every image size (photos in a folder differ in size).
         self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self.metadata = metadata
-        self.name = str(metadata.get("style", {}).get("name", "style"))
+        style = metadata.get("style")
+        self.name = safe_name(style.get("name", "style") if isinstance(style, dict) else "style")
 
     @classmethod
     def load(
@@ -264,26 +282,101 @@ def find_inputs(spec: str) -> list[Path]:
     return found
 
 
-def output_path(source: Path, style: str, output: Path, single: bool) -> Path:
-    """``output`` itself for one input and one style when it has a suffix, else ``output/<stem>_<style><ext>``
-    (a video's ``<ext>`` is that of a container that holds H.264: its own for .mp4/.mov/.mkv, else .mp4)."""
-    if single and output.suffix:
-        return output
+def output_suffix(source: Path) -> str:
+    """An output's file suffix: the input's for images; for a video that of a container that holds H.264 (its own
+    for .mp4/.mov/.mkv, else .mp4)."""
     suffix = source.suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
-        from fast_style.video import video_suffix
+        from fast_style.video import video_suffix  # here: fast_style.video imports this module
 
-        suffix = video_suffix(source)
-    return output / f"{source.stem}_{style}{suffix}"
+        return video_suffix(source)
+    return suffix
+
+
+def safe_name(name: object) -> str:
+    """``name`` as one piece of a file name: letters, digits, ``_ - .`` only, no leading dot, never a path.
+
+    Style names come from model metadata, which anyone can write: ``../../x`` must not leave the output folder."""
+    cleaned = re.sub(r"[^\w.-]+", "_", str(name)).strip("._")
+    return cleaned or "style"
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """The second and later uses of a name get ``_2``, ``_3``, … (two checkpoints of one style in one call)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def names_a_file(output: str, single: bool) -> bool:
+    """Whether ``output`` is one output file: one image and one style, an image suffix Pillow can write, not an
+    existing folder and no trailing slash (``out/run_v1.2/`` and ``out/run_v1.2`` are folders)."""
+    path = Path(output).expanduser()
+    return (
+        single
+        and not output.endswith(("/", os.sep))
+        and (path.suffix.lower() in Image.registered_extensions() or path.suffix.lower() in VIDEO_EXTENSIONS)
+        and not path.is_dir()
+    )
+
+
+def plan_outputs(sources: list[Path], names: list[str], output: str, overwrite: bool) -> dict[tuple[Path, str], Path]:
+    """Where each (source, style name) goes, checked as a whole before any work, so that nothing is lost.
+
+    A folder output keeps the inputs' folder structure below it (``2023/IMG_1.jpg`` and ``2024/IMG_1.jpg`` stay two
+    files), as ``<stem>_<style><ext>``. Names that would still collide, also on a case-insensitive file system
+    (``a.JPG`` and ``a.jpg``), are numbered (``a_<style>.jpg``, ``a_2_<style>.jpg``) and said. An input, an existing
+    output (without ``overwrite``) or a folder in an output's place is an error, as is an output location that cannot
+    be written (probed here, before the first image).
+    """
+    out = Path(output).expanduser()
+    if names_a_file(output, len(sources) == 1 and len(names) == 1):
+        plan = {(sources[0], names[0]): out}
+    else:
+        base = Path(os.path.commonpath([src.parent.absolute() for src in sources]))
+        stems, seen = {}, Counter[str]()
+        for src in sources:  # sorted: the first of a.JPG / a.jpg keeps its stem, the next is a_2
+            key = str(src.parent.absolute() / f"{src.stem}{src.suffix}").lower()
+            seen[key] += 1
+            stems[src] = src.stem if seen[key] == 1 else f"{src.stem}_{seen[key]}"
+            if seen[key] > 1:
+                print(f"note: {src} is written as {stems[src]}_<style>: another input has the same name")
+        plan = {
+            (src, name): out / src.parent.absolute().relative_to(base) / f"{stems[src]}_{name}{output_suffix(src)}"
+            for src in sources
+            for name in names
+        }
+        taken = Counter(str(dst).lower() for dst in plan.values())
+        if clash := next((dst for dst in plan.values() if taken[str(dst).lower()] > 1), None):
+            raise UserError(f"two outputs would be written to {clash}; rename one of their inputs")
+    inputs = {src.resolve() for src in sources}
+    if clash := next((dst for dst in plan.values() if dst.resolve() in inputs), None):
+        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
+    if folder := next((dst for dst in plan.values() if dst.is_dir()), None):
+        raise UserError(f"output {folder} is an existing folder; choose another output=")
+    if not overwrite and (existing := [dst for dst in plan.values() if dst.exists()]):
+        raise UserError(
+            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
+        )
+    for folder in sorted({dst.parent for dst in plan.values()}):
+        check_writable(folder, "output")
+    return plan
 
 
 def save_image(image: Image.Image, path: Path) -> None:
-    """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported)."""
+    """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported), tagged
+    as sRGB."""
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     if fmt == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
+    options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["icc_profile"] = SRGB_ICC  # the pixels are sRGB (inputs with other profiles were converted)
     with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+        image.save(tmp, format=fmt, **options)
 
 
 def stylize_files(
@@ -315,16 +408,10 @@ def stylize_files(
     video = video or VideoSettings()
     sources = find_inputs(input)
     stylizers = [Stylizer.load(style, device, precision, tile, compile) for style in styles]
+    names = unique_names([s.name for s in stylizers])  # two models of one style: wave, wave_2
+    destinations = plan_outputs(sources, names, output, overwrite)
+    plan = [(src, s, destinations[src, name]) for src in sources for s, name in zip(stylizers, names)]
     out = Path(output).expanduser()
-    single = len(sources) == 1 and len(stylizers) == 1
-    plan = [(src, s, output_path(src, s.name, out, single)) for src in sources for s in stylizers]
-    inputs = {src.resolve() for src in sources}
-    if clash := next((dst for _, _, dst in plan if dst.resolve() in inputs), None):
-        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
-    if not overwrite and (existing := [dst for _, _, dst in plan if dst.exists()]):
-        raise UserError(
-            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
-        )
 
     failed: dict[Path, str] = {}
     took: dict[Path, float] = {}  # output file → seconds to read, stylize and write it (images)

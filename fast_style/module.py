@@ -16,10 +16,18 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchvision.utils import make_grid
 
 from fast_style.data import Batch
+from fast_style.errors import UserError
 from fast_style.loss import PerceptualLoss
 from fast_style.network import TransformerNet
 
 log = logging.getLogger(__name__)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """One line each, in UTF-8; a file name that is not valid UTF-8 (Python keeps its bytes as surrogates) is
+    written back as its original bytes instead of failing at the end of a long run."""
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.writelines(f"{line}\n" for line in lines)
 
 
 class StyleTransferModule(pl.LightningModule):
@@ -64,11 +72,14 @@ class StyleTransferModule(pl.LightningModule):
                 rank_zero_warn(f"skipping an unreadable training file: {problem}")
         return self._layout(images)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         batch = self._readable(batch)
         self.log("data/unreadable_files", float(len(self.unreadable)))
-        if not len(batch):
-            return None  # every file of this batch was unreadable: skip the step
+        if not len(batch):  # readable files stand in for unreadable ones, so only a folder of nothing but those
+            raise UserError(
+                f"none of the training files could be read ({len(self.unreadable)} tried, e.g. "
+                f"{min(self.unreadable)}); check them with python -m fast_style.data check DIR"
+            )
         terms = self.loss(self.net(batch), batch)
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
@@ -80,9 +91,10 @@ class StyleTransferModule(pl.LightningModule):
             return
         output = self.net(batch)
         terms = self.loss(output, batch)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch))
+        # sync_dist: with several processes each validates its share of the photos; log the mean over all of them.
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
         # hp_metric: the number TensorBoard's HPARAMS tab shows next to each run's settings.
-        self.log("hp_metric", terms["loss"], batch_size=len(batch))
+        self.log("hp_metric", terms["loss"], batch_size=len(batch), sync_dist=True)
         if batch_idx == 0 and isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
             # Row 1: the validation photos; row 2: their stylisations.
             grid = make_grid(torch.cat([batch, output]).float().clamp(0, 1).cpu(), nrow=len(batch), padding=4)
@@ -96,9 +108,10 @@ class StyleTransferModule(pl.LightningModule):
             per_process: list[set[str] | None] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_process, self.unreadable)
             problems = set().union(*(p for p in per_process if p))
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask, not rank zero alone
         if problems and self.trainer.is_global_zero:
-            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
-            path.write_text("".join(f"{problem}\n" for problem in sorted(problems)))
+            path = Path(log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
+            write_lines(path, sorted(problems))
             log.warning("skipped %d unreadable training files; they are listed in %s", len(problems), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -29,13 +29,34 @@ def _norm(kind: Norm, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
+class FP32Conv2d(nn.Conv2d):
+    """A convolution that runs in fp32 even under autocast: the output layer. In bf16 its result (8 bits of
+    mantissa) bands smooth skies after tanh and the conversion to 8-bit pixels; it is about 5% of the compute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript (and what is exported from it) runs in fp32 anyway
+            return self._conv_forward(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.float()
+        with torch.autocast(x.device.type, enabled=False):
+            return self._conv_forward(x.float(), self.weight.float(), bias)
+
+
 class ConvLayer(nn.Sequential):
-    """Reflection-padded convolution followed by normalisation and (optionally) ReLU."""
+    """Reflection-padded convolution followed by normalisation and (optionally) ReLU; with ``fp32`` the
+    convolution runs in fp32 under autocast too (:class:`FP32Conv2d`)."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int, stride: int = 1, norm: Norm | None = "instance", relu: bool = True
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        norm: Norm | None = "instance",
+        relu: bool = True,
+        fp32: bool = False,
     ) -> None:
-        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        conv = (FP32Conv2d if fp32 else nn.Conv2d)(cin, cout, kernel, stride)
+        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), conv]
         if norm is not None:
             layers.append(_norm(norm, cout))
         if relu:
@@ -114,7 +135,7 @@ class TransformerNet(nn.Module):
         self.decoder = nn.Sequential(
             UpsampleLayer(c3, c2, upsample, up_norm),
             UpsampleLayer(c2, c1, upsample, up_norm),
-            ConvLayer(c1, 3, 9, norm=None, relu=False),
+            ConvLayer(c1, 3, 9, norm=None, relu=False, fp32=True),  # output, tanh and 8-bit pixels in fp32
         )
 
     def config(self) -> dict[str, object]:
@@ -147,10 +168,14 @@ def pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:
     """Reflection-pad the bottom and right to the network's total downsampling factor.
 
     Always pads (by 0 where the side is already a multiple of 4): one graph for every size, which is
-    what ONNX export with dynamic height/width needs. Reflection needs pad < side.
+    what ONNX export with dynamic height/width (sides of at least 8) needs. Reflection needs pad < side,
+    so an image with a side under 8 (a 1×1 or 3×2 thumbnail) is padded by repeating its edge up to 8.
     """
     h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect" if min(h, w) >= 4 else "replicate")
+    side = 8  # the first 9×9 convolution reflects 4 px (a local: TorchScript cannot read module constants)
+    if min(h, w) < side:
+        return F.pad(x, (0, max(-w % 4, side - w), 0, max(-h % 4, side - h)), mode="replicate")
+    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect")
 
 
 def to_unit_range(y: torch.Tensor) -> torch.Tensor:

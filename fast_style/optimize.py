@@ -25,7 +25,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fast_style.config import compose_train_config
 from fast_style.errors import UserError
 from fast_style.images import read_image
-from fast_style.inference import find_inputs, output_path, pick_device, save_image, to_image, to_tensor
+from fast_style.inference import (
+    find_inputs,
+    pick_device,
+    plan_outputs,
+    safe_name,
+    save_image,
+    to_image,
+    to_tensor,
+    unique_names,
+)
 from fast_style.loss import PerceptualLoss
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -261,16 +270,9 @@ def optimize_files(cfg: DictConfig) -> int:
     sources = find_inputs(str(cfg.input))
     styles = list(cfg.style) if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
     configs = [style_config(str(style), list(opts.overrides or [])) for style in styles]
-    out = Path(str(cfg.output)).expanduser()
-    single = len(sources) == 1 and len(configs) == 1
-    plan = [(c, src, output_path(src, str(c.style.name), out, single)) for c in configs for src in sources]
-    inputs = {src.resolve() for src in sources}
-    if clash := next((dst for *_, dst in plan if dst.resolve() in inputs), None):
-        raise UserError(f"output {clash} would overwrite an input image; choose another output=")
-    if not cfg.overwrite and (existing := [dst for *_, dst in plan if dst.exists()]):
-        raise UserError(
-            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}; pass overwrite=true to replace"
-        )
+    names = unique_names([safe_name(c.style.name) for c in configs])
+    destinations = plan_outputs(sources, names, str(cfg.output), cfg.overwrite)
+    plan = [(c, src, destinations[src, name]) for c, name in zip(configs, names) for src in sources]
 
     from fast_style.training import build_loss  # Lightning and the rest of training, only when needed
 
@@ -289,6 +291,13 @@ def optimize_files(cfg: DictConfig) -> int:
                 continue
             if style_cfg is not loss_cfg:
                 loss, loss_cfg = build_loss(style_cfg).to(device), style_cfg
+            if min(photo.size) < loss.vgg.min_side:  # the loss network's poolings need this much
+                failed.add(src)
+                progress.console.print(
+                    f"skipped: {src} is {photo.width}x{photo.height} after max_size; the loss network needs at least"
+                    f" {loss.vgg.min_side} px on each side"
+                )
+                continue
             task = progress.add_task(f"{src.name} → {style_cfg.style.name}", total=iterations, losses="")
 
             def on_step(step: Step, task: int = task, dst: Path = dst) -> None:

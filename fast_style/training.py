@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
-from fast_style.config import check_config
+from fast_style.config import PROJECT_ROOT, check_config
 from fast_style.errors import UserError
-from fast_style.inference import load_network
+from fast_style.inference import load_lightning_checkpoint, load_network
 from fast_style.loss import PerceptualLoss
 from fast_style.module import StyleTransferModule
 from fast_style.network import TransformerNet
@@ -62,14 +62,28 @@ def build_module(cfg: DictConfig) -> StyleTransferModule:
     )
 
 
+def portable(value: Any, root: Path = PROJECT_ROOT) -> Any:
+    """``value`` with every absolute path made shareable: relative to the fast-style checkout when inside it, else
+    just its name. A model file is shipped to others and must not carry the trainer's home folder."""
+    if isinstance(value, dict):
+        return {key: portable(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item, root) for item in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        path = Path(value).expanduser()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    return value
+
+
 def export_metadata(cfg: DictConfig) -> dict[str, Any]:
-    """What a model file records about how it was trained (the weights record the rest)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    """What a model file records about how it was trained (the weights record the rest): names, hashes and paths
+    relative to the checkout, never absolute paths of the training machine."""
+    container = portable(OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(container, dict)
     return {
         "style": {
             "name": cfg.style.name,
-            "images": [{"path": str(p), "sha256": file_sha256(p)} for p in as_list(cfg.style.image)],
+            "images": [{"path": portable(str(p)), "sha256": file_sha256(p)} for p in as_list(cfg.style.image)],
             "size": cfg.style.size,
             "blend": container["style"].get("blend"),
         },
@@ -94,5 +108,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     # Every setting becomes a TensorBoard hparam, so runs can be compared side by side.
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+        load_lightning_checkpoint(Path(str(ckpt_path)).expanduser(), "ckpt_path")  # one line if it is no checkpoint
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

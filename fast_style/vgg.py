@@ -96,6 +96,8 @@ class VGGFeatures(nn.Module):
             raise UserError(f"{network} has no layer {last_layer!r}; layers are named like relu4_2 (block 4, ReLU 2)")
         self.network, self.weights, self.pooling = network, weights, pooling
         self.layers = all_layers[: all_layers.index(last_layer) + 1]
+        # Each 2×2 pooling halves the image; a side must survive every pooling before the deepest layer.
+        self.min_side = 2 ** sum(name.startswith("pool") for name in self.layers)
 
         params = load_caffe_vgg19() if weights == "caffe" else load_torchvision_vgg(network)
         for name in self.layers:

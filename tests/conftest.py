@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "samples"
 STYLES = ROOT / "data" / "styles"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # beside the checkout, as CI lays it out; may be absent
 
 
 def photo(name: str | None = None, size: int = 64) -> torch.Tensor:
@@ -30,6 +31,7 @@ def photo(name: str | None = None, size: int = 64) -> torch.Tensor:
 def run_train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``python train.py <overrides>`` in ``cwd`` (so logs/ and checkpoints/ land there)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cwd.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -87,3 +89,41 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def adobe_rgb_icc() -> bytes:
+    """A wide-gamut ICC v2 matrix/TRC profile with the Adobe RGB (1998) primaries (D50-adapted) and gamma 563/256,
+    written out here: no profile file ships with Pillow or Debian's base system, and CI installs from PyPI only."""
+    import struct
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    name = b"Adobe RGB (1998) primaries, test profile"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(name) + 1) + name + b"\0" + bytes(8) + bytes(3 + 67)
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, 563) + bytes(2)  # gamma as u8Fixed8, padded to 4 bytes
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.60974, 0.31111, 0.01947)),
+        (b"gXYZ", xyz(0.20528, 0.62567, 0.06087)),
+        (b"bXYZ", xyz(0.14919, 0.06322, 0.74457)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+        (b"cprt", b"text" + bytes(4) + b"no copyright, test data\0"),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"RGB ", b"XYZ ") + bytes(12)
+    header += b"acsp" + bytes(4 + 4 + 4 + 4 + 8 + 4) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    header += bytes(128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + data

@@ -80,14 +80,31 @@ def test_an_unknown_style_without_an_image_lists_the_choices():
     [
         ("data.batch_size=four", "data.batch_size='four' is not an integer"),
         ("trainer.max_steps=1.5", "trainer.max_steps=1.5 is not an integer"),
-        ("loss.style_weight=lots", "loss.style_weight='lots' is not an integer or a number"),
-        ("export.overwrite=yes", "export.overwrite='yes' is not true or false"),
+        ("loss.style_weight=lots", "loss.style_weight='lots' is not a number from 0"),
+        ("export.overwrite=maybe", "export.overwrite='maybe' is not true or false"),
         ("model.width=true", "model.width=True is not"),
+        ("optimizer.lr=-1", "optimizer.lr=-1 is not a number > 0"),
+        ("optimizer.lr=fast", "optimizer.lr='fast' is not a number > 0"),
+        ("trainer.precision=bf17", "trainer.precision='bf17' is not one of 32-true"),
+        ("trainer.max_steps=0", "trainer.max_steps=0 is not an integer from 1"),
     ],
 )
 def test_values_of_the_wrong_type_are_one_clear_line(override, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
         check_config(compose_train(override))
+
+
+@pytest.mark.parametrize(("spelling", "value"), [("no", False), ("False", False), ("off", False), ("yes", True)])
+def test_boolean_keys_take_the_usual_spellings_as_real_booleans(spelling, value):
+    """A string is "truthy" in Python: export.overwrite=no must mean False, not a non-empty string."""
+    cfg = compose_train(f"export.overwrite={spelling}", f"channels_last={spelling}")
+    check_config(cfg)
+    assert cfg.export.overwrite is value and cfg.channels_last is value
+
+
+def test_ddp_does_not_resend_the_frozen_loss_networks_buffers_every_step():
+    strategy = instantiate(compose_train("trainer=ddp").trainer.strategy)
+    assert strategy._ddp_kwargs["broadcast_buffers"] is False
 
 
 def test_missing_data_root_says_which_key_to_set():

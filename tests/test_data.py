@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import RandomResizedCrop, v2
 
 from fast_style.data import (
     CocoDataModule,
+    ImageFiles,
     ImageFolderDataModule,
     check_folder,
     crop_reduction,
@@ -95,11 +96,34 @@ def test_good_files_of_every_kind_become_crops_and_bad_ones_are_reported_not_rai
     samples = {path.name: data.train_set[i] for i, path in enumerate(data.train_set.paths)}
     assert sorted(samples) == sorted([*GOOD, *BAD])
     for name in GOOD:
-        image, problem = samples[name]
-        assert problem == "" and image.shape == (3, 64, 64) and 0 <= image.min() <= image.max() <= 1, name
+        image, problems = samples[name]
+        assert problems == [] and image.shape == (3, 64, 64) and 0 <= image.min() <= image.max() <= 1, name
+    for name in BAD:  # reported, and the next readable file in the list stands in: batches stay full
+        image, problems = samples[name]
+        assert image is not None and image.shape == (3, 64, 64) and problems[0].startswith(f"{photos / name} "), name
+    validation = ImageFiles(data.train_set.paths, v2.ToDtype(torch.float32, scale=True), LIMIT)  # no stand-ins
+    for i, path in enumerate(validation.paths):
+        assert (validation[i][0] is None) == (path.name in BAD), path.name
+
+
+def test_a_folder_of_nothing_but_unreadable_files_stops_training_with_one_line(photos, tmp_path):
+    """It once "trained" on empty batches and exported the untouched initial weights."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
     for name in BAD:
-        image, problem = samples[name]
-        assert image is None and problem.startswith(f"{photos / name} "), name
+        shutil.copy(photos / name, bad)
+    result = run_train(
+        tmp_path,
+        *FAST,
+        f"data.root={bad}",
+        "data.batch_size=2",
+        "trainer.max_steps=2",
+        f"data.max_pixels={LIMIT}",
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: none of the training files could be read")
+    assert "Traceback" not in result.stderr and not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_decoded_images_are_upright_rgb_at_their_displayed_size(photos):

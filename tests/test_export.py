@@ -71,3 +71,80 @@ def test_weights_that_do_not_match_the_recorded_architecture_are_a_clear_error(t
     save_file(load_file(str(path)), str(path), metadata=raw)
     with pytest.raises(UserError, match="does not match its recorded architecture"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"format": "fast-style/1", "model": "{not json"}, "malformed metadata"),
+        ({"format": "fast-style/1", "style": '{"name": "x"}'}, "does not record its architecture"),
+        ({"format": "fast-style/1", "model": '"instance"'}, "does not record its architecture"),
+    ],
+)
+def test_model_files_with_malformed_metadata_are_one_clear_line(tmp_path, metadata, message):
+    from fast_style import Stylizer
+
+    path = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in TransformerNet(width=0.25).state_dict().items()}, str(path), metadata)
+    with pytest.raises(UserError, match=message):
+        Stylizer.load(path)
+
+
+def test_onnx_export_without_the_onnx_extra_is_one_line(tmp_path):
+    """Run as a user without ``pip install 'fast-style[onnx]'`` would: onnxscript cannot be imported."""
+    import subprocess
+    import sys
+
+    save_model(TransformerNet(width=0.25), tmp_path / "m.safetensors")
+    code = (
+        "import sys; sys.modules['onnxscript'] = None; from fast_style.errors import exit_on_user_error; "
+        "from fast_style.export import main\nwith exit_on_user_error(): main(sys.argv[1:])"
+    )
+    args = [f"style={tmp_path / 'm.safetensors'}", f"output={tmp_path / 'm.onnx'}"]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: format=onnx needs the onnx extra (import of onnxscript "
+        "halted; None in sys.modules): pip install 'fast-style[onnx]'"
+    ]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_with_nan_weights_is_refused_not_turned_into_black_images(tmp_path):
+    net = TransformerNet(width=0.25)
+    with torch.no_grad():
+        net.decoder[-1][1].weight[0, 0, 0, 0] = float("nan")  # a diverged training run
+    save_model(net, tmp_path / "diverged.safetensors")
+    with pytest.raises(UserError, match="has NaN or infinite weights .*training diverged"):
+        load_model(tmp_path / "diverged.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_written_atomically_get_the_mode_the_umask_gives(tmp_path, umask):
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        save_model(TransformerNet(width=0.25), tmp_path / "m.safetensors")
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")  # what open() gives under this umask
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temporaries_of_killed_writes_are_removed_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from fast_style.export import remove_stale_temporaries
+
+    old, fresh = tmp_path / ".last.ckpt.ab12cd34.tmp", tmp_path / ".model.safetensors.zz99yy88.tmp"
+    for path in (old, fresh, tmp_path / "notes.tmp", tmp_path / "last.ckpt"):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(tmp_path / "notes.tmp", (time.time() - 7200, time.time() - 7200))  # not one of ours
+    assert remove_stale_temporaries(tmp_path) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "notes.tmp", "last.ckpt"])

@@ -58,3 +58,25 @@ def test_export_command_writes_once_and_refuses_to_overwrite(net, tmp_path):
     again = subprocess.run([*cmd, f"output={tmp_path / 'wave.pt'}"], capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "exists already" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("overwrite=no", "exists already"),  # "no" is a real False: the file stays
+        ("overwrite=maybe", "overwrite='maybe' is not true or false"),
+        ("fromat=onnx", "Key 'fromat' is not in struct"),  # a typo is an error, not the default in force
+        ("format=png", "format='png' is not one of onnx, torchscript"),
+    ],
+)
+def test_export_command_arguments_are_checked_before_anything_is_written(net, tmp_path, argument, message):
+    from fast_style.errors import UserError
+    from fast_style.export import main
+
+    save_model(net, tmp_path / "wave.safetensors")
+    (tmp_path / "wave.pt").write_bytes(b"precious")
+    with pytest.raises(UserError, match=message):
+        main(
+            [f"style={tmp_path / 'wave.safetensors'}", "format=torchscript", f"output={tmp_path / 'wave.pt'}", argument]
+        )
+    assert (tmp_path / "wave.pt").read_bytes() == b"precious"

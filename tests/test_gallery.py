@@ -42,6 +42,11 @@ def test_contact_sheet_has_a_row_per_photo_and_a_column_per_style_and_records(tm
 
     with pytest.raises(UserError, match="exists already; pass overwrite=true"):
         main([f"styles=[{models[0]}]", f"content={photos}", f"output={output}"])
+    with pytest.raises(UserError, match="exists already; pass overwrite=true"):  # "no" is False, not a string
+        main([f"styles=[{models[0]}]", f"content={photos}", f"output={output}", "overwrite=no"])
+    with pytest.raises(UserError, match="Key 'ouptut' is not in struct"):
+        main([f"styles=[{models[0]}]", f"content={photos}", "ouptut=elsewhere.md"])
+    assert "| inky | 1000 |" in output.read_text()
 
 
 def test_records_carry_each_models_numbers_from_an_evaluation_report(tmp_path):

@@ -17,6 +17,13 @@ def test_any_other_size_is_kept_too(h, w):
     assert TransformerNet()(torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
 
 
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 2), (2, 7), (4, 4), (5, 9), (7, 300)])
+def test_thumbnails_smaller_than_the_first_convolutions_reach_work_too(h, w):
+    """Reflection padding needs a larger side: a 1x1 or 3x2 image once stopped a folder run with a traceback."""
+    out = TransformerNet(width=0.25)(torch.rand(1, 3, h, w))
+    assert out.shape == (1, 3, h, w) and out.isfinite().all()
+
+
 @pytest.mark.parametrize("norm", ["instance", "batch"])
 @pytest.mark.parametrize("upsample", ["transposed", "nearest"])
 def test_options_build_working_networks_with_outputs_in_image_range(norm, upsample):

@@ -6,7 +6,6 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +26,9 @@ from fast_style.optimize import (
 from fast_style.style import load_style_image
 from fast_style.training import build_loss
 
-from .conftest import ROOT, SAMPLES, STYLES
+from .conftest import ROOT, SAMPLES, SHARED_DATA, STYLES
 
-SHARED_PHOTO = Path("/work/shared/data/content/amber.jpg")
+SHARED_PHOTO = SHARED_DATA / "content" / "amber.jpg"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -184,3 +183,18 @@ def test_optimization_on_the_gpu_matches_the_cpu(starry_loss):
     gpu = optimize_image(gpu_loss, content.to("cuda"), 10)
     assert gpu.image.device.type == "cuda"
     assert gpu.history[-1]["loss"] == pytest.approx(cpu.history[-1]["loss"], rel=0.05)
+
+
+def test_an_image_too_small_for_the_loss_network_is_reported_and_skipped(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).resize((3, 2)).save(photos / "a_tiny.png")
+    Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).save(photos / "b_photo.jpg")
+    cfg = stylize_config(
+        "method=optimize", "style=wave", "style.size=64", f"input={photos}", f"output={tmp_path / 'out'}",
+        "optimize.iterations=1", "max_size=32",
+    )  # fmt: skip
+    assert optimize_files(cfg) == 1
+    printed = capsys.readouterr().out.replace("\n", "")  # rich wraps long lines
+    assert "a_tiny.png is 3x2 after max_size; the loss network needs at least 8 px" in printed
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b_photo_wave.jpg"]

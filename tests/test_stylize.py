@@ -20,7 +20,7 @@ from fast_style.images import read_image
 from fast_style.inference import RGB_TO_YCBCR, to_tensor
 from fast_style.network import TransformerNet
 
-from .conftest import ROOT, SAMPLES
+from .conftest import ROOT, SAMPLES, photo
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +165,34 @@ def test_existing_outputs_and_inputs_are_never_overwritten(model_file, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("spelling", ["no", "false", "'false'", "off"])
+def test_overwrite_no_never_overwrites(model_file, tmp_path, spelling):
+    """A string is truthy in Python: overwrite=no once replaced an existing output."""
+    photo = tmp_path / "photo.jpg"
+    sample((32, 32)).save(photo)
+    (tmp_path / "out.png").write_bytes(b"precious")
+    result = run_stylize(tmp_path, f"style={model_file}", f"input={photo}", "output=out.png", f"overwrite={spelling}")
+    assert result.returncode == 2 and "exist already" in result.stderr
+    assert (tmp_path / "out.png").read_bytes() == b"precious"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (("style=nope",), "no model for style 'nope'"),
         (("input=/nowhere/*.jpg",), "matches no image or video file"),
-        (("strength=2",), "strength must be between 0 and 1"),
-        (("precision=fp8",), "precision must be"),
+        (("strength=2",), "strength=2 is not a number from 0 to 1"),
+        (("precision=fp8",), "precision='fp8' is not one of auto, fp32, fp16, bf16"),
+        (("strength=abc",), "strength='abc' is not a number from 0 to 1"),
+        (("max_size=0",), "max_size=0 is not an integer from 1"),
+        (("max_size=big",), "max_size='big' is not an integer"),
+        (("device=5",), "device=5 is not auto, cpu, cuda, cuda:N or mps"),
+        (("overwrite=maybe",), "overwrite='maybe' is not true or false"),
+        (("preserve_color=sometimes",), "preserve_color='sometimes' is not true or false"),
+        (("outptu=x",), "stylize has no option 'outptu'"),
+        (("input=photos/café.jpg",), "quote such a value for Hydra"),
+        (("input=a,b.jpg",), "add -m for a sweep"),
     ],
 )
 def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, message):
@@ -180,3 +201,127 @@ def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, me
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def stylize_quietly(styles: list, input: Path, output: Path | str, **options) -> int:
+    from fast_style.inference import stylize_files
+
+    return stylize_files([str(s) for s in styles], str(input), str(output), device="cpu", precision="fp32", **options)
+
+
+def files_below(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_same_names_in_one_run_give_separate_outputs(model_file, tmp_path):
+    """2023/IMG_0001.jpg and 2024/IMG_0001.jpg, a.JPG and a.jpg, and two models of one style: once one output
+    silently replaced the other."""
+    photos = tmp_path / "photos"
+    for name in ("2023/IMG_0001.jpg", "2024/IMG_0001.jpg", "a.JPG", "a.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        sample((24, 20)).save(photos / name, format="JPEG")
+    second_model = tmp_path / "tiny_again.safetensors"
+    second_model.write_bytes(model_file.read_bytes())  # same style name in its metadata
+    assert stylize_quietly([model_file, second_model], photos, tmp_path / "out") == 0
+    expected = [f"{stem}_{style}.jpg" for stem in ("2023/IMG_0001", "2024/IMG_0001") for style in ("tiny", "tiny_2")]
+    expected += [f"{stem}_{style}.jpg" for stem in ("a", "a_2") for style in ("tiny", "tiny_2")]  # a_2: a.jpg
+    assert files_below(tmp_path / "out") == sorted(expected)
+
+
+def test_a_style_name_from_model_metadata_never_leaves_the_output_folder(tmp_path):
+    crafted = tmp_path / "crafted.safetensors"
+    save_model(TransformerNet(width=0.25), crafted, {"style": {"name": "../../escaped"}})
+    photos = tmp_path / "a" / "b" / "photos"
+    photos.mkdir(parents=True)
+    sample((24, 20)).save(photos / "p.jpg")
+    assert stylize_quietly([crafted], photos, tmp_path / "a" / "b" / "out") == 0
+    assert files_below(tmp_path) == ["a/b/out/p_escaped.jpg", "a/b/photos/p.jpg", "crafted.safetensors"]
+
+
+@pytest.mark.parametrize("output", ["out/run_v1.2/", "out/run_v1.2", "existing.png"])
+def test_an_output_with_dots_a_trailing_slash_or_an_existing_folder_is_a_folder(model_file, tmp_path, output):
+    (tmp_path / "existing.png").mkdir()
+    sample((24, 20)).save(tmp_path / "p.jpg")
+    assert stylize_quietly([model_file], tmp_path / "p.jpg", tmp_path / output) == 0
+    assert (tmp_path / output / "p_tiny.jpg").is_file()
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_work(model_file, tmp_path):
+    sample((24, 20)).save(tmp_path / "p.jpg")
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write the output to .*a_file/out"):
+        stylize_quietly([model_file], tmp_path / "p.jpg", tmp_path / "a_file" / "out")
+
+
+@pytest.mark.parametrize("max_size", [None, 2])
+def test_tiny_images_and_max_size_2_do_not_stop_a_folder(model_file, tmp_path, max_size):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sizes = {"dot.png": (1, 1), "three_by_two.png": (3, 2), "strip.png": (40, 3), "photo.jpg": (48, 36)}
+    for name, size in sizes.items():
+        sample(size).save(photos / name)
+    assert stylize_quietly([model_file], photos, tmp_path / "out", max_size=max_size) == 0
+    for name, size in sizes.items():
+        out = Image.open(tmp_path / "out" / f"{Path(name).stem}_tiny{Path(name).suffix}")
+        expected = Image.new("RGB", size)
+        if max_size:
+            expected.thumbnail((max_size, max_size))  # as stylizing shrinks (never enlarges)
+        assert out.size == expected.size, name
+
+
+def test_bf16_output_layer_tanh_and_8_bit_conversion_run_in_fp32():
+    """In bf16 the output had only bf16's 8-bit mantissa (steps of 1/256 near white), which bands smooth skies
+    once converted to 8-bit pixels. The body of the network still runs in bf16 (that is its speed-up); its
+    rounding leaves noise of well under one level on average, not bands."""
+    torch.manual_seed(0)
+    net = TransformerNet().eval()  # full width: bf16 is emulated on CPUs without AVX512-BF16, so a small photo
+    x = photo(size=96)
+    out = Stylizer(net, {}, "cpu", "bf16").stylize_tensor(x)
+    assert (out.bfloat16().float() == out).float().mean() < 0.01  # was 1.0: every value on the bf16 grid
+    reference = Stylizer(net, {}, "cpu", "fp32").stylize_tensor(x)
+    levels = (out * 255 + 0.5).floor() - (reference * 255 + 0.5).floor()
+    assert levels.abs().mean() < 0.7 and levels.abs().max() <= 6
+    with torch.autocast("cpu", torch.bfloat16):
+        assert net(x).dtype == torch.float32
+
+
+def wide_gamut_copy(folder: Path, suffix: str) -> tuple[Path, np.ndarray]:
+    """A real photo stored in Adobe RGB (its pixels converted, the profile embedded), and its sRGB pixels."""
+    import io
+
+    from PIL import ImageCms
+
+    from .conftest import adobe_rgb_icc
+
+    icc = adobe_rgb_icc()
+    original = sample((96, 64))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    wide = ImageCms.profileToProfile(original, srgb, ImageCms.ImageCmsProfile(io.BytesIO(icc)), renderingIntent=1)
+    assert np.abs(np.asarray(wide, int) - np.asarray(original, int)).max() > 20  # the stored values differ
+    path = folder / f"wide{suffix}"
+    wide.save(path, icc_profile=icc, **({"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}))
+    return path, np.asarray(original, dtype=int)
+
+
+def test_photos_with_a_wide_gamut_profile_are_read_as_srgb_everywhere(tmp_path):
+    from fast_style.data import read_rgb_tensor
+
+    png, original = wide_gamut_copy(tmp_path, ".png")
+    assert np.abs(np.asarray(read_image(png), int) - original).max() <= 2  # stylizing, evaluation
+    assert np.abs(read_rgb_tensor(png).permute(1, 2, 0).numpy().astype(int) - original).max() <= 2  # training
+    jpeg, _ = wide_gamut_copy(tmp_path, ".jpg")  # training's fast JPEG decoder knows no profiles: not used here
+    assert np.array_equal(read_rgb_tensor(jpeg).permute(1, 2, 0).numpy(), np.asarray(read_image(jpeg)))
+    unconverted = np.abs(np.asarray(Image.open(jpeg).convert("RGB"), int) - original)
+    converted = np.abs(read_rgb_tensor(jpeg).permute(1, 2, 0).numpy().astype(int) - original)
+    assert converted.mean() < 0.7 * unconverted.mean()
+
+
+def test_strength_zero_gives_back_a_wide_gamut_photo_in_its_own_colours_tagged_srgb(model_file, tmp_path):
+    from PIL import ImageCms
+
+    png, original = wide_gamut_copy(tmp_path, ".png")
+    assert stylize_quietly([model_file], png, tmp_path / "out.png", strength=0.0) == 0
+    written = Image.open(tmp_path / "out.png")
+    assert np.abs(np.asarray(written.convert("RGB"), int) - original).max() <= 2
+    profile = ImageCms.ImageCmsProfile(__import__("io").BytesIO(written.info["icc_profile"]))
+    assert "sRGB" in ImageCms.getProfileDescription(profile)

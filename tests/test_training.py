@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fast_style.export import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
-from .conftest import FAST, photo, run_train
+from .conftest import FAST, ROOT, photo, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +77,11 @@ def test_exported_model_reproduces_the_trained_network(trained):
     assert len(meta["style"]["images"][0]["sha256"]) == 64
     assert meta["loss"]["network"] == "vgg19" and "train/loss" in meta["losses"]
     assert meta["train_seconds"] > 0 and meta["hardware"]  # the training record shown in the gallery
+    # Shareable: names, hashes and paths relative to the checkout, not the training machine's folders.
+    recorded = json.dumps(meta)
+    assert str(ROOT) not in recorded and str(trained) not in recorded and str(Path.home()) not in recorded
+    assert meta["style"]["images"][0]["path"] == "data/styles/starry_night.jpg"
+    assert meta["data"]["root"] == "data/samples" and meta["config"]["paths"]["root"] == "."
     ckpt = torch.load(only_run(trained / "logs") / "checkpoints" / "last.ckpt", weights_only=True)
     reference = TransformerNet(**meta["model"])
     reference.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
@@ -94,6 +102,10 @@ def test_training_checkpoints_stylize_like_the_exported_model(trained):
 
 def test_resume_continues_step_count_and_lr_schedule(trained):
     first = only_run(trained / "logs")
+    # A checkpoint write killed mid-way leaves its temporary (checkpoint-sized): resuming removes it.
+    stale = first / "checkpoints" / ".step000040.ckpt.k3x_9a2q.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     run_train(
         trained, *FAST, *COSINE, "trainer.max_steps=40", "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=15", "export.path=model.safetensors",
@@ -110,6 +122,7 @@ def test_resume_continues_step_count_and_lr_schedule(trained):
     # The resumed run may update its own export (same run id) and records the total steps.
     resumed_meta = read_metadata(trained / "model.safetensors")
     assert resumed_meta["steps"] == 40
+    assert not stale.exists()
     # Training time adds up over both runs: the resume starts from the time recorded at step 20.
     state = torch.load(first / "checkpoints" / "step000020.ckpt", weights_only=True)["callbacks"]
     (before,) = [v["train_seconds"] for k, v in state.items() if k.startswith("ExportCallback")]
@@ -138,11 +151,26 @@ def test_an_existing_model_file_is_never_overwritten(trained, tmp_path):
         (("style=nope",), "unknown style 'nope'"),
         (("data.batch_size=four",), "data.batch_size='four' is not an integer"),
         (("model.norm=layer",), "model.norm must be one of instance, batch"),
+        (("trainer.max_stepz=3",), "train has no option 'trainer.max_stepz'"),
+        (("optimizer.lr=fast",), "optimizer.lr='fast' is not a number > 0"),
+        (("trainer.precision=bf17",), "trainer.precision='bf17' is not one of"),
+        (("export.overwrite=maybe",), "export.overwrite='maybe' is not true or false"),
+        (("data.root=photos/café",), "quote such a value for Hydra"),
+        (("export.path={a_file}/model.safetensors",), "cannot write the model file (export.path) to"),
+        (("export.path={empty}",), "is a folder; give a file name"),
+        (("ckpt_path=/nowhere/last.ckpt",), "ckpt_path=/nowhere/last.ckpt does not exist"),
+        (("ckpt_path={a_file}",), "is not a loadable Lightning checkpoint"),
+        (("ckpt_path={empty_file}",), "is not a loadable Lightning checkpoint"),
+        (("ckpt_path={foreign_ckpt}",), "is not a fast-style training checkpoint"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
     (tmp_path / "empty").mkdir()
-    overrides = tuple(o.format(empty=tmp_path / "empty") for o in overrides)
+    (tmp_path / "a_file").write_text("not a folder, not a checkpoint")
+    (tmp_path / "empty_file").write_bytes(b"")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    places = {"empty": tmp_path / "empty", "a_file": tmp_path / "a_file", "empty_file": tmp_path / "empty_file"}
+    overrides = tuple(o.format(**places, foreign_ckpt=tmp_path / "foreign.ckpt") for o in overrides)
     result = run_train(tmp_path, *FAST, "trainer.max_steps=1", *overrides, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
@@ -166,12 +194,22 @@ def test_sweeps_give_one_run_folder_per_setting(tmp_path):
     assert all(list(r.glob("events.out.tfevents.*")) for r in runs)
 
 
-def test_ddp_on_two_cpu_processes(tmp_path):
+def test_ddp_on_two_cpu_processes_survives_batches_of_unreadable_files(tmp_path):
+    """One readable photo among seven unreadable files, batches of 2 on each of 2 processes: a batch with nothing
+    readable on one process once skipped its step there, and DDP stopped the run."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted((Path(__file__).parents[1] / "data" / "samples").glob("*.jpg"))[0], photos)
+    for i in range(7):
+        (photos / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     run_train(
-        tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.precision=32-true", "trainer.max_steps=3", "export.path=model.safetensors",
+        tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.root={photos}",
+        "data.batch_size=2", "trainer.precision=32-true", "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "export.path=model.safetensors",
     )  # fmt: skip
     assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
+    listed = (only_run(tmp_path / "logs") / "unreadable_files.txt").read_text().splitlines()  # from both processes
+    assert listed and all("broken" in line for line in listed)
     assert len(list((tmp_path / "logs").rglob("events.out.tfevents.*"))) == 1  # rank zero logs alone
 
 
@@ -184,16 +222,88 @@ def test_unreadable_training_files_are_skipped_counted_and_logged(tmp_path):
     (photos / "truncated.jpg").write_bytes(real[0].read_bytes()[:4000])
     (photos / "empty.png").write_bytes(b"")
     (photos / "notes.jpg").write_text("not an image")
+    latin1 = photos / os.fsdecode(b"caf\xe9.jpg")  # a file name that is not UTF-8 (an old camera, a zip)
+    latin1.write_bytes(b"junk")
     result = run_train(
-        tmp_path, *FAST, f"data.root={photos}", "data.batch_size=7", "trainer.max_steps=3",
+        tmp_path, *FAST, f"data.root={photos}", "data.batch_size=8", "trainer.max_steps=3",
         "trainer.log_every_n_steps=1", "export.path=model.safetensors",
     )  # fmt: skip
     assert read_metadata(tmp_path / "model.safetensors")["steps"] == 3
     counts = [e.value for e in events(only_run(tmp_path / "logs")).Scalars("data/unreadable_files")]
-    assert counts == [3.0, 3.0, 3.0]
+    assert counts == [4.0, 4.0, 4.0]
     output = result.stdout + result.stderr
     for name in ("truncated.jpg", "empty.png", "notes.jpg"):
         assert output.count(f"skipping an unreadable training file: {photos / name}") == 1  # once each
+    listed = (only_run(tmp_path / "logs") / "unreadable_files.txt").read_bytes().splitlines()
+    assert len(listed) == 4 and any(line.startswith(os.fsencode(latin1)) for line in listed)  # its own bytes
+
+
+def test_an_export_failure_mid_run_keeps_every_checkpoint_and_the_final_network(tmp_path):
+    """The folder of export.path vanishes after the start checks (a full or unmounted disk): training goes on,
+    checkpoints are written, and the end is one line naming a checkpoint with the final weights."""
+    import pytorch_lightning as pl
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
+    from fast_style.config import CONFIG_DIR
+    from fast_style.errors import UserError
+    from fast_style.inference import load_lightning_checkpoint
+    from fast_style.training import build_module
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(FAST))
+    exports = tmp_path / "exports"
+
+    class LoseTheExportFolder(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            shutil.rmtree(exports)
+            exports.write_text("now a file: nothing can be written below it")
+
+    pl.seed_everything(0)
+    module, checkpoints = build_module(cfg), tmp_path / "checkpoints"
+    callbacks = [
+        ExportCallback(str(exports / "model.safetensors")),
+        ModelCheckpoint(dirpath=checkpoints, filename="step{step:06d}", auto_insert_metric_name=False,
+                        every_n_train_steps=2, save_top_k=-1, save_last=True),
+        LoseTheExportFolder(),
+    ]  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+        limit_val_batches=0, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(UserError, match=r"could not write the model file .*kept in the Lightning checkpoint .*final"):
+        trainer.fit(module, datamodule=instantiate(cfg.data))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step000002.ckpt", "step000003-final.ckpt"]
+    net, meta = load_lightning_checkpoint(checkpoints / "step000003-final.ckpt")
+    assert meta["steps"] == 3
+    for name, tensor in module.net.state_dict().items():
+        assert torch.equal(net.state_dict()[name], tensor.cpu()), name
+
+
+def test_resuming_mid_epoch_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path):
+    """12 bundled photos in batches of 2: 6 steps an epoch. 8 steps straight against 4 steps, stop, resume to 8:
+    the data order and the random crops are part of the checkpoint, so every weight is identical."""
+    from safetensors.torch import load_file
+
+    common = (
+        *FAST,
+        "data.batch_size=2",
+        "trainer.val_check_interval=100",
+        "callbacks.model_checkpoint.every_n_train_steps=4",
+    )
+    run_train(tmp_path / "straight", *common, "trainer.max_steps=8", "export.path=model.safetensors")
+    run_train(tmp_path / "first", *common, "trainer.max_steps=4", "export.path=model.safetensors")
+    (checkpoint,) = (tmp_path / "first" / "logs").rglob("step000004.ckpt")
+    run_train(
+        tmp_path / "first", *common, "trainer.max_steps=8", "export.path=model.safetensors", f"ckpt_path={checkpoint}"
+    )
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "first" / "model.safetensors")
+    assert read_metadata(tmp_path / "first" / "model.safetensors")["steps"] == 8
+    different = [name for name in straight if not torch.equal(straight[name], resumed[name])]
+    assert not different, f"{len(different)} of {len(straight)} tensors differ, e.g. {different[0]}"
 
 
 def test_init_starts_from_another_models_weights_and_snapshots_are_kept(trained, tmp_path):
@@ -204,7 +314,7 @@ def test_init_starts_from_another_models_weights_and_snapshots_are_kept(trained,
     )  # fmt: skip
     source, _ = load_model(trained / "model.safetensors")
     warm, meta = load_model(tmp_path / "warm.safetensors")
-    assert meta["config"]["init"] == str(trained / "model.safetensors")
+    assert meta["config"]["init"] == "model.safetensors"  # recorded by name: it lies outside the checkout
     for name, value in source.state_dict().items():
         assert torch.equal(warm.state_dict()[name], value), name
     snapshot = read_metadata(tmp_path / "warm_0.0001min.safetensors")  # after 0.006 s of training: the first step
