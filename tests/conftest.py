@@ -53,6 +53,26 @@ FAST = (
 )
 
 
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A small real network, as a model file (random weights are enough for geometry, modes and controls)."""
+    from fast_style.export import save_model
+    from fast_style.network import TransformerNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_model(TransformerNet(width=0.25), path, {"style": {"name": "tiny"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def stylizer(model_file):
+    """The tiny model of ``model_file``, loaded for stylizing on the CPU in fp32."""
+    from fast_style.inference import Stylizer
+
+    return Stylizer.load(model_file, device="cpu", precision="fp32")
+
+
 @pytest.fixture(scope="session")
 def caffe_vgg_weights() -> dict:
     from fast_style.vgg import load_caffe_vgg19

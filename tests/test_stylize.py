@@ -23,20 +23,6 @@ from fast_style.network import TransformerNet
 from .conftest import ROOT, SAMPLES, photo
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A small real network (random weights are enough for geometry, modes and controls)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_model(TransformerNet(width=0.25), path, {"style": {"name": "tiny"}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def stylizer(model_file) -> Stylizer:
-    return Stylizer.load(model_file, device="cpu", precision="fp32")
-
-
 def sample(size: tuple[int, int] = (517, 383)) -> Image.Image:
     return Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize(size)
 

@@ -28,19 +28,6 @@ RATE = Fraction(24000, 1001)  # NTSC film rate: a non-integer rate must survive 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_model(TransformerNet(width=0.25), path, {"style": {"name": "tiny"}})
-    return path
-
-
-@pytest.fixture(scope="module")
-def stylizer(model_file) -> Stylizer:
-    return Stylizer.load(model_file, device="cpu", precision="fp32")
-
-
 def pan(width: int, height: int, frames: int) -> np.ndarray:
     """(frames, H, W, 3) uint8: a real photo panned 3 px right and 2 px down per frame."""
     photo = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB"))
