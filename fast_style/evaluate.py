@@ -149,8 +149,9 @@ def recorded_style_image(image: dict[str, str]) -> str:
     """A style image a model file records (path + sha256): at its path, else a file with the same bytes in the
     project's data/styles (a model trained on another machine)."""
     path, sha = Path(image["path"]), image.get("sha256")
-    if path.is_file() and (sha is None or file_sha256(path) == sha):
-        return str(path)
+    for candidate in (path, PROJECT_ROOT / path):  # model files record paths inside the checkout relative to it
+        if candidate.is_file() and (sha is None or file_sha256(candidate) == sha):
+            return str(candidate)
     for candidate in sorted((PROJECT_ROOT / "data" / "styles").glob("*")):
         if candidate.name == path.name and (sha is None or file_sha256(candidate) == sha):
             return str(candidate)
