@@ -249,8 +249,8 @@ class Yardstick:
     ) -> tuple[dict[int, dict[str, float]], torch.Tensor]:
         """Measurements at each of ``iterations`` (with the optimizer's seconds and loss evaluations so far)
         and the last image."""
-        cached = self.cache_path(path, content, iterations, seed)
-        if path not in self.optimized and cached and cached.with_suffix(".json").is_file():
+        cached = None if path in self.optimized else self.cache_path(path, content, iterations, seed)
+        if cached and cached.with_suffix(".json").is_file():
             results = {int(k): v for k, v in json.loads(cached.with_suffix(".json").read_text()).items()}
             self.optimized[path] = (results, to_tensor(load_rgb(cached.with_suffix(".png"))))
         if path not in self.optimized:
@@ -278,8 +278,10 @@ class Yardstick:
         the name is a hash of everything they depend on, so a changed setting never reads stale numbers."""
         if self.cache is None:
             return None
+        # Not where the objective was read from: every model trained for the same objective shares the results.
+        objective = {k: v for k, v in self.describe().items() if k != "objective"}
         key = json.dumps(
-            [self.describe(), file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
+            [objective, file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
             sort_keys=True,
             default=str,
         )
@@ -371,13 +373,12 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         objectives = [(f"configs/style/{name}.yaml", *config_objective(name, overrides)) for name in names]
     else:  # what each model was trained to minimise
         objectives = [own_objective(entry, s) for entry, s in zip(entries, stylizers)]
-    yardsticks: dict[str, Yardstick] = {}
-    for source, style, loss in objectives:
-        key = json.dumps([style, loss], sort_keys=True, default=str)
-        if key not in yardsticks:
-            cache = Path(str(cfg.cache)).expanduser() if cfg.cache else None
-            yardsticks[key] = Yardstick(source, style, loss, device, cache)
     keys = [json.dumps([style, loss], sort_keys=True, default=str) for _, style, loss in objectives]
+    cache = Path(str(cfg.cache)).expanduser() if cfg.cache else None
+    yardsticks: dict[str, Yardstick] = {}
+    for key, (source, style, loss) in zip(keys, objectives):
+        if key not in yardsticks:
+            yardsticks[key] = Yardstick(source, style, loss, device, cache)
     output = Path(str(cfg.output)).expanduser()
     output.mkdir(parents=True, exist_ok=True)
     iterations = list(cfg.iterations)

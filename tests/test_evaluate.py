@@ -218,11 +218,15 @@ def test_a_model_is_measured_by_its_own_recorded_objective_unless_told_otherwise
     assert own["yardstick"]["objective"] == str(model) and own["yardstick"]["loss"]["style_weight"] == 7.0
     net = own["mean"]["network"]
     assert net["total"] == pytest.approx(net["content"] + 7.0 * net["style"] + 0.5 * net["tv"], rel=1e-4)
-    # The optimizer's results were cached: a second run reads them instead of optimizing again.
+    # The optimizer's results were cached: a second run, of another model file trained for the same objective,
+    # reads them instead of optimizing again.
     cached = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
     assert cached == [".json", ".png"]
-    again = main([f"style={model}", *settings, f"output={tmp_path / 'again'}"])["models"][0]
+    twin = tmp_path / "twin.safetensors"
+    shutil.copy(model, twin)
+    again = main([f"style={twin}", *settings, f"output={tmp_path / 'again'}"])["models"][0]
     assert again["images"][0]["optimizer"] == own["images"][0]["optimizer"]
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == cached  # nothing new was optimized
 
     other = main([f"style={model}", *settings, "loss_style=wave", "style.size=128", f"output={tmp_path / 'cfg'}"])
     yardstick = other["models"][0]["yardstick"]
