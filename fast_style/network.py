@@ -15,15 +15,17 @@ from torch import nn
 
 from fast_style.errors import UserError
 
-Norm = Literal["instance", "batch"]
+Norm = Literal["instance", "batch", "weight"]
 Upsample = Literal["transposed", "nearest"]
 Output = Literal["tanh", "linear"]
-NORMS = ("instance", "batch")
+NORMS = ("instance", "batch", "weight")
 UPSAMPLES = ("transposed", "nearest")
 OUTPUTS = ("tanh", "linear")
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "weight":  # the convolution normalises its own weights (WSConv2d): nothing to add after it
+        return nn.Identity()
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
     return nn.BatchNorm2d(channels)
@@ -41,6 +43,24 @@ class FP32Conv2d(nn.Conv2d):
             return self._conv_forward(x.float(), self.weight.float(), bias)
 
 
+class WSConv2d(nn.Conv2d):
+    """A convolution whose weights are standardised per output channel (zero mean, variance 1/fan-in) and
+    scaled by a learned gain: the signal keeps its scale as normalisation layers would keep it, but without
+    statistics of the image, so the network gains nothing from planting a spike that skews them — the
+    'droplet' artifact of instance normalisation (Karras et al., StyleGAN2, 2020; Qiao et al. 2019)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.full((self.out_channels, 1, 1, 1), 2**0.5))  # He: ReLU halves the variance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) * torch.rsqrt(var * w[0].numel() + 1e-4) * self.gain
+        return self._conv_forward(x, w, self.bias)
+
+
 class ConvLayer(nn.Sequential):
     """Reflection-padded convolution followed by normalisation and (optionally) ReLU; with ``fp32`` the
     convolution runs in fp32 under autocast too (:class:`FP32Conv2d`)."""
@@ -55,7 +75,7 @@ class ConvLayer(nn.Sequential):
         relu: bool = True,
         fp32: bool = False,
     ) -> None:
-        conv = (FP32Conv2d if fp32 else nn.Conv2d)(cin, cout, kernel, stride)
+        conv = (FP32Conv2d if fp32 else WSConv2d if norm == "weight" else nn.Conv2d)(cin, cout, kernel, stride)
         layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), conv]
         if norm is not None:
             layers.append(_norm(norm, cout))
@@ -73,9 +93,12 @@ class ResidualBlock(nn.Module):
             ConvLayer(channels, channels, 3, norm=norm),
             ConvLayer(channels, channels, 3, norm=norm, relu=False),
         )
+        # Without normalisation layers nothing bounds the sum's growth: each block starts as the identity
+        # and learns how much to add (SkipInit, De & Smith 2020).
+        self.scale = nn.Parameter(torch.zeros(())) if norm == "weight" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        return x + (self.body(x) if self.scale is None else self.scale * self.body(x))
 
 
 class UpsampleLayer(nn.Sequential):
@@ -100,8 +123,11 @@ class UpsampleLayer(nn.Sequential):
 class TransformerNet(nn.Module):
     """Feed-forward style network: 3 downsampling convs, 5 residual blocks, 2 upsampling layers, tanh.
 
-    ``width`` scales every channel count (0.5 gives a light model with about a quarter of the
-    parameters and compute).
+    ``norm`` normalises the encoder; ``trunk_norm`` (default: the same) the residual blocks and the upsampling
+    layers. ``trunk_norm="weight"`` keeps instance norm where it normalises the photo's contrast and uses
+    weight-standardised convolutions after it: with instance norm throughout, our trainings planted bright or
+    dark blobs in flat areas (README, "Blobs"). ``width`` scales every channel count (0.5 gives a light model
+    with about a quarter of the parameters and compute).
     """
 
     def __init__(
@@ -110,31 +136,35 @@ class TransformerNet(nn.Module):
         upsample: Upsample = "transposed",
         width: float = 1.0,
         residual_blocks: int = 5,
-        decoder_norm: bool = True,
+        trunk_norm: Norm | None = None,
         output: Output = "tanh",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise UserError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if trunk_norm is not None and trunk_norm not in NORMS:
+            raise UserError(f"model.trunk_norm must be null or one of {', '.join(NORMS)}, got {trunk_norm!r}")
         if upsample not in UPSAMPLES:
             raise UserError(f"model.upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
+        if (trunk_norm or norm) == "weight" and upsample != "nearest":
+            raise UserError("model.trunk_norm=weight standardises upsampling convolutions: use model.upsample=nearest")
         if output not in OUTPUTS:
             raise UserError(f"model.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         if not 0 < width <= 4:
             raise UserError(f"model.width must be in (0, 4], got {width!r}")
         self.norm, self.upsample, self.width, self.residual_blocks = norm, upsample, float(width), residual_blocks
-        self.decoder_norm, self.output = bool(decoder_norm), output
-        up_norm = norm if decoder_norm else None
+        self.trunk_norm, self.output = trunk_norm, output
+        trunk: Norm = trunk_norm or norm
         c1, c2, c3 = (max(4, round(c * width)) for c in (32, 64, 128))
         self.encoder = nn.Sequential(
             ConvLayer(3, c1, 9, norm=norm),
             ConvLayer(c1, c2, 3, stride=2, norm=norm),
             ConvLayer(c2, c3, 3, stride=2, norm=norm),
         )
-        self.residuals = nn.Sequential(*(ResidualBlock(c3, norm) for _ in range(residual_blocks)))
+        self.residuals = nn.Sequential(*(ResidualBlock(c3, trunk) for _ in range(residual_blocks)))
         self.decoder = nn.Sequential(
-            UpsampleLayer(c3, c2, upsample, up_norm),
-            UpsampleLayer(c2, c1, upsample, up_norm),
+            UpsampleLayer(c3, c2, upsample, trunk),
+            UpsampleLayer(c2, c1, upsample, trunk),
             ConvLayer(c1, 3, 9, norm=None, relu=False, fp32=True),  # output, tanh and 8-bit pixels in fp32
         )
 
@@ -145,7 +175,7 @@ class TransformerNet(nn.Module):
             "upsample": self.upsample,
             "width": self.width,
             "residual_blocks": self.residual_blocks,
-            "decoder_norm": self.decoder_norm,
+            "trunk_norm": self.trunk_norm,
             "output": self.output,
         }
 

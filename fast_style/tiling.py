@@ -143,6 +143,7 @@ def stylize_tiled(
     height, width = images.shape[-2:]
     features = run_tiled(leaf_layers(net.encoder), pad_to_multiple_of_4(images), stats, tile, HALO, adjust=adjust)
     for block in net.residuals:  # ResidualBlock.forward, with the sum in place (one tensor less at a time)
-        features += run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4, adjust)
+        branch = run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4, adjust)
+        features += branch if block.scale is None else block.scale * branch
     out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, net.finish, adjust)
     return out[..., :height, :width]

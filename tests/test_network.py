@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fast_style.network import TransformerNet
+from fast_style.network import TransformerNet, WSConv2d
 
 
 @pytest.mark.parametrize(("h", "w"), [(64, 64), (128, 96), (256, 132), (36, 20)])
@@ -41,12 +41,42 @@ def test_instance_norm_is_the_default_and_nearest_upsampling_has_no_transposed_c
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in nearest.modules())
 
 
-@pytest.mark.parametrize("upsample", ["transposed", "nearest"])
-def test_decoder_norm_false_leaves_the_upsampling_layers_unnormalised(upsample):
-    net = TransformerNet(upsample=upsample, decoder_norm=False)
-    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.decoder.modules())
-    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules()) == 3 + 2 * 5  # encoder + residuals
-    assert net(torch.rand(1, 3, 36, 20)).shape == (1, 3, 36, 20)
+def test_weight_trunk_norm_keeps_instance_norm_only_in_the_encoder():
+    net = TransformerNet(upsample="nearest", trunk_norm="weight")
+    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules()) == 3
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in [*net.residuals.modules(), *net.decoder.modules()])
+    assert sum(isinstance(m, WSConv2d) for m in net.modules()) == 2 * 5 + 2  # residual blocks + upsampling convs
+    h = torch.randn(1, 128, 8, 8)
+    assert torch.equal(net.residuals(h), h)  # every block starts as the identity
+
+
+def test_a_weight_standardised_convolution_ignores_the_scale_and_mean_of_its_weights():
+    torch.manual_seed(0)
+    conv = WSConv2d(8, 4, 3)
+    x = torch.randn(2, 8, 16, 16)
+    before = conv(x)
+    with torch.no_grad():
+        conv.weight.mul_(10).add_(3)
+    assert torch.allclose(conv(x), before, rtol=1e-3, atol=1e-3)  # up to the epsilon that guards a zero weight
+    assert 0.5 < before.std() < 3  # a unit-variance input stays near unit scale (He gain for the ReLU)
+
+
+@pytest.mark.parametrize(("trunk_norm", "spreads"), [(None, True), ("weight", False)])
+def test_a_local_spike_reaches_the_whole_image_only_through_instance_norm_statistics(trunk_norm, spreads):
+    """The blob artifact: under instance norm a spike in one corner rescales every pixel of the image (so training
+    can use it as a global volume knob); with weight-standardised layers it stays inside its receptive field."""
+    torch.manual_seed(0)
+    net = TransformerNet(upsample="nearest", trunk_norm=trunk_norm).eval()
+    for block in net.residuals:
+        if block.scale is not None:
+            block.scale.data.fill_(1.0)  # as after training: the blocks do something
+    h = torch.rand(1, 128, 64, 64)
+    spiked = h.clone()
+    spiked[..., :2, :2] += 50
+    with torch.no_grad():
+        a, b = (net.decoder(net.residuals(f)) for f in (h, spiked))
+    far = (a - b)[..., 160:, 160:].abs().max()  # >100 px from the spike, beyond the receptive field
+    assert (far > 1e-3) if spreads else (far == 0)
 
 
 def test_linear_output_is_unclamped_in_training_and_in_image_range_otherwise():
@@ -76,13 +106,20 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
-@pytest.mark.parametrize("bad", [{"norm": "layer"}, {"upsample": "bilinear"}, {"width": 0}, {"output": "relu"}])
+@pytest.mark.parametrize(
+    "bad", [{"norm": "layer"}, {"trunk_norm": "group"}, {"upsample": "bilinear"}, {"width": 0}, {"output": "relu"}]
+)
 def test_bad_options_are_rejected_with_the_key_name(bad):
     with pytest.raises(ValueError, match="model\\."):
         TransformerNet(**bad)
 
 
+def test_weight_standardised_upsampling_needs_nearest_upsampling():
+    with pytest.raises(ValueError, match="model.upsample=nearest"):
+        TransformerNet(upsample="transposed", trunk_norm="weight")
+
+
 def test_config_round_trips_the_architecture():
-    net = TransformerNet(norm="batch", upsample="nearest", width=0.5, decoder_norm=False, output="linear")
+    net = TransformerNet(norm="batch", upsample="nearest", width=0.5, trunk_norm="weight", output="linear")
     twin = TransformerNet(**net.config())
     twin.load_state_dict(net.state_dict())  # same architecture: every key and shape matches

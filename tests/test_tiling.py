@@ -24,8 +24,14 @@ def photo(size: tuple[int, int] = (397, 301)) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"upsample": "nearest"}, {"norm": "batch"}, {"decoder_norm": False}, {"output": "linear"}],
-    ids=["instance-norm", "nearest-upsampling", "batch-norm", "no-decoder-norm", "linear-output"],
+    [
+        {},
+        {"upsample": "nearest"},
+        {"norm": "batch"},
+        {"trunk_norm": "weight", "upsample": "nearest"},
+        {"output": "linear"},
+    ],
+    ids=["instance-norm", "nearest-upsampling", "batch-norm", "weight-standardised-trunk", "linear-output"],
 )
 @torch.inference_mode()
 def test_tiled_output_matches_the_untiled_pass_with_no_seam(options):
