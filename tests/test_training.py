@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fast_style.config import cpu_has_fast_bf16
 from fast_style.export import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
@@ -304,6 +306,34 @@ def test_resuming_mid_epoch_gives_exactly_the_weights_of_an_uninterrupted_run(tm
     assert read_metadata(tmp_path / "first" / "model.safetensors")["steps"] == 8
     different = [name for name in straight if not torch.equal(straight[name], resumed[name])]
     assert not different, f"{len(different)} of {len(straight)} tensors differ, e.g. {different[0]}"
+
+
+@pytest.mark.skipif(
+    not cpu_has_fast_bf16(),
+    reason="this CPU has no native bf16 (AVX512-BF16 or AMX): PyTorch would emulate it, tens of times slower than fp32",
+)
+def test_bf16_mixed_precision_training_on_a_cpu_with_native_bf16(tmp_path):
+    """What the CPU trainer picks on such CPUs (trainer=cpu, precision ${cpu_precision:}): two steps at 32 px, against
+    the same two steps in fp32. The first step's loss (same weights, same batch: the difference is precision alone)
+    is within 2% of fp32's (measured 0.22%; bf16 Grams are within 0.82% and the style term, most of the loss, is a
+    squared error, which doubles that) and not identical to it; the master weights stay fp32."""
+    tiny = (
+        *FAST, "data.image_size=32", "data.val_size=32", "data.val_max_images=2", "trainer.max_steps=2",
+        "trainer.log_every_n_steps=1", "trainer.val_check_interval=2", "export.path=model.safetensors",
+    )  # fmt: skip
+    first_loss = {}
+    for precision in ("32-true", "bf16-mixed"):
+        run_train(tmp_path / precision, *tiny, f"trainer.precision={precision}")
+        losses = [e.value for e in events(only_run(tmp_path / precision / "logs")).Scalars("train/loss")]
+        assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+        first_loss[precision] = losses[0]
+    assert first_loss["bf16-mixed"] != first_loss["32-true"]  # bf16 was in force
+    assert first_loss["bf16-mixed"] == pytest.approx(first_loss["32-true"], rel=0.02)
+    bf16 = tmp_path / "bf16-mixed"
+    assert read_metadata(bf16 / "model.safetensors")["config"]["trainer"]["precision"] == "bf16-mixed"
+    state = torch.load(only_run(bf16 / "logs") / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    weights = [t for name, t in state.items() if name.startswith("net.") and t.is_floating_point()]
+    assert weights and all(t.dtype == torch.float32 and t.isfinite().all() for t in weights)
 
 
 def test_init_starts_from_another_models_weights_and_snapshots_are_kept(trained, tmp_path):
