@@ -184,7 +184,7 @@ def main(argv: list[str]) -> None:
     from fast_style.inference import find_model
     from fast_style.options import boolean, choice, integer, text
 
-    defaults = {"style": "starry_night", "format": "onnx", "output": None, "opset": 18, "overwrite": False}
+    defaults = {"style": "wave", "format": "onnx", "output": None, "opset": 18, "overwrite": False}
     rules = {
         "style": text(),
         "format": choice("onnx", "torchscript"),
