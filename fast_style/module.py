@@ -115,7 +115,7 @@ class StyleTransferModule(pl.LightningModule):
             log.warning("skipped %d unreadable training files; they are listed in %s", len(problems), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The architecture, so a training checkpoint can be used for stylizing (fast_style.inference).
+        # The architecture, so a training checkpoint can be used for stylizing (fast_style.model_file).
         checkpoint["fast_style_model"] = self.net.config()
 
     def configure_optimizers(self) -> Any:

@@ -13,24 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
-from fast_style.config import PROJECT_ROOT, check_config
+from fast_style.config import check_config
 from fast_style.errors import UserError
-from fast_style.inference import load_lightning_checkpoint, load_network
-from fast_style.loss import PerceptualLoss
+from fast_style.model_file import load_lightning_checkpoint, load_network
 from fast_style.module import StyleTransferModule
 from fast_style.network import TransformerNet
-from fast_style.style import as_list, file_sha256, load_style_image
+from fast_style.objective import as_list, build_loss, file_sha256
+from fast_style.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
-
-
-def build_loss(cfg: DictConfig) -> PerceptualLoss:
-    """The perceptual loss of ``cfg.loss`` with the style targets of ``cfg.style`` set (training,
-    optimization-based stylization and evaluation all measure with this one)."""
-    style_tensors = [load_style_image(path, cfg.style.size) for path in as_list(cfg.style.image)]
-    loss = instantiate(cfg.loss)
-    loss.set_style(style_tensors, cfg.style.get("blend"))
-    return loss
 
 
 def warm_start(net: TransformerNet, init: str) -> TransformerNet:

@@ -24,7 +24,7 @@ import torch
 from rich.progress import Progress
 
 from fast_style.errors import UserError
-from fast_style.export import atomic_path
+from fast_style.files import atomic_path
 from fast_style.images import VIDEO_EXTENSIONS
 from fast_style.inference import Stylizer, finish
 from fast_style.stabilize import Blender, ClipStatistics, MovingAverage, parse_mode

@@ -7,9 +7,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fast_style.config import CONFIG_DIR, check_config, resolve_style_argument, style_names
+from fast_style.config import check_config, resolve_style_argument, style_names
 from fast_style.errors import UserError
 from fast_style.network import TransformerNet
+from fast_style.paths import CONFIG_DIR
 
 BUNDLED = ["composition_vii", "starry_night", "the_scream", "udnie", "wave"]
 

@@ -15,9 +15,9 @@ from PIL import Image
 
 from fast_style import Stylizer
 from fast_style.errors import UserError
-from fast_style.export import save_model
-from fast_style.images import read_image
-from fast_style.inference import RGB_TO_YCBCR, to_tensor
+from fast_style.images import read_image, to_tensor
+from fast_style.inference import RGB_TO_YCBCR
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 
 from .conftest import ROOT, SAMPLES, photo
@@ -190,7 +190,7 @@ def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, me
 
 
 def stylize_quietly(styles: list, input: Path, output: Path | str, **options) -> int:
-    from fast_style.inference import stylize_files
+    from fast_style.stylize_files import stylize_files
 
     return stylize_files([str(s) for s in styles], str(input), str(output), device="cpu", precision="fp32", **options)
 

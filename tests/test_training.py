@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fast_style.export import load_model, read_metadata, save_model
+from fast_style.model_file import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
 from .conftest import FAST, ROOT, photo, run_train
@@ -247,9 +247,9 @@ def test_an_export_failure_mid_run_keeps_every_checkpoint_and_the_final_network(
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
-    from fast_style.config import CONFIG_DIR
     from fast_style.errors import UserError
-    from fast_style.inference import load_lightning_checkpoint
+    from fast_style.model_file import load_lightning_checkpoint
+    from fast_style.paths import CONFIG_DIR
     from fast_style.training import build_module
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
