@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
             overwrite=cfg.overwrite,
             fiftyone_dataset=cfg.fiftyone.dataset,
             tile=cfg.tile,
-            compile=cfg.compile,
+            torch_compile=cfg.compile,
             video=VideoSettings(**cfg.video),
         )
     sys.exit(1 if failed else 0)

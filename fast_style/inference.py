@@ -1,5 +1,5 @@
 """The Python API of stylizing: ``Stylizer``, a trained per-style model on a device, one forward pass per image
-(in tiles when an image would not fit in memory), with the ``strength`` and ``keep_color`` controls.
+(in tiles when an image would not fit in memory), with the ``strength`` and ``preserve_color`` controls.
 
 from fast_style import Stylizer
 stylized = Stylizer.load("starry_night")(Image.open("photo.jpg"))
@@ -28,18 +28,19 @@ from fast_style.tiling import NormStats, stylize_tiled
 RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
-def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """Keep the content's colours: the stylized luminance (Y) with the content's chroma (Cb, Cr)."""
+def luminance_transfer(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """What ``preserve_color`` does: the stylized luminance (Y) with the content's chroma (Cb, Cr), so the photo
+    keeps its colours (Gatys et al. 2016, "Preserving color in neural artistic style transfer")."""
     matrix = RGB_TO_YCBCR.to(stylized)
     y = torch.einsum("ij,njhw->nihw", matrix[:1], stylized)
     cbcr = torch.einsum("ij,njhw->nihw", matrix[1:], content)
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(matrix), torch.cat([y, cbcr], 1)).clamp(0, 1)
 
 
-def finish(content: torch.Tensor, stylized: torch.Tensor, strength: float, keep_color: bool) -> torch.Tensor:
-    """The ``keep_color`` and ``strength`` controls applied to a batch of stylizations of ``content``."""
-    if keep_color:
-        stylized = preserve_color(stylized, content)
+def finish(content: torch.Tensor, stylized: torch.Tensor, strength: float, preserve_color: bool) -> torch.Tensor:
+    """The ``preserve_color`` and ``strength`` controls applied to a batch of stylizations of ``content``."""
+    if preserve_color:
+        stylized = luminance_transfer(stylized, content)
     return torch.lerp(content, stylized, strength) if strength < 1 else stylized
 
 
@@ -80,7 +81,7 @@ class Stylizer:
         device: str = "auto",
         precision: str = "auto",
         tile: int | str | None = "auto",
-        compile: bool = False,
+        torch_compile: bool = False,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_precision(self.device, precision)
@@ -93,7 +94,7 @@ class Stylizer:
             self.memory_format = torch.channels_last
         self.net = net.eval().to(self.device, memory_format=self.memory_format)
         # dynamic=True: one compiled graph for every image size (photos in a folder differ in size).
-        self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
+        self.forward = torch.compile(self.net, dynamic=True) if torch_compile else self.net
         self.metadata = metadata
         style = metadata.get("style")
         self.name = safe_name(style.get("name", "style") if isinstance(style, dict) else "style")
@@ -105,12 +106,12 @@ class Stylizer:
         device: str = "auto",
         precision: str = "auto",
         tile: int | str | None = "auto",
-        compile: bool = False,
+        torch_compile: bool = False,
     ) -> Stylizer:
         """From a style name (``checkpoints/<name>.safetensors``), a ``.safetensors`` model file,
         or a Lightning ``.ckpt`` training checkpoint."""
         net, metadata = load_network(style)
-        return cls(net, metadata, device, precision, tile, compile)
+        return cls(net, metadata, device, precision, tile, torch_compile)
 
     @torch.inference_mode()
     def stylize_tensor(self, images: torch.Tensor, norm_stats: NormStats | None = None) -> torch.Tensor:
@@ -139,11 +140,11 @@ class Stylizer:
         return out.float().to(images.device)
 
     def __call__(
-        self, image: Image.Image, strength: float = 1.0, keep_color: bool = False, max_size: int | None = None
+        self, image: Image.Image, strength: float = 1.0, preserve_color: bool = False, max_size: int | None = None
     ) -> Image.Image:
         """Stylize one PIL image; the result has the same size (after ``max_size``) and alpha channel.
 
-        ``strength`` blends with the original (0 = the photo, 1 = fully stylized); ``keep_color``
+        ``strength`` blends with the original (0 = the photo, 1 = fully stylized); ``preserve_color``
         keeps the photo's colours and takes only the luminance of the stylization.
         """
         if not 0 <= strength <= 1:
@@ -152,7 +153,7 @@ class Stylizer:
             image = image.copy()
             image.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
         content = to_tensor(image)
-        result = to_image(finish(content, self.stylize_tensor(content), strength, keep_color))
+        result = to_image(finish(content, self.stylize_tensor(content), strength, preserve_color))
         if image.mode in ("RGBA", "LA"):
             result.putalpha(image.getchannel("A"))
         return result

@@ -130,7 +130,7 @@ def plan_outputs(sources: list[Path], names: list[str], output: str, overwrite: 
 
 def stylize_files(
     styles: list[str],
-    input: str,
+    inputs: str,
     output: str,
     device: str = "auto",
     precision: str = "auto",
@@ -140,7 +140,7 @@ def stylize_files(
     overwrite: bool = False,
     fiftyone_dataset: str | None = None,
     tile: int | str | None = "auto",
-    compile: bool = False,
+    torch_compile: bool = False,
     video: VideoSettings | None = None,
 ) -> int:
     """Stylize every input image and video with every style; returns the number of inputs that failed
@@ -153,8 +153,8 @@ def stylize_files(
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
     video = video or VideoSettings()
-    sources = find_inputs(input)
-    stylizers = [Stylizer.load(style, device, precision, tile, compile) for style in styles]
+    sources = find_inputs(inputs)
+    stylizers = [Stylizer.load(style, device, precision, tile, torch_compile) for style in styles]
     names = unique_names([s.name for s in stylizers])  # two models of one style: wave, wave_2
     destinations = plan_outputs(sources, names, output, overwrite)
     plan = [(src, s, destinations[src, name]) for src in sources for s, name in zip(stylizers, names)]

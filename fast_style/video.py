@@ -202,7 +202,7 @@ def stylize_video(
     destination: Path,
     settings: VideoSettings,
     max_size: int | None = None,
-    keep_color: bool = False,
+    preserve_color: bool = False,
     strength: float = 1.0,
     progress: Progress | None = None,
 ) -> VideoResult:
@@ -251,7 +251,7 @@ def stylize_video(
                         notes.append(f"{audio.codec_context.name} audio cannot go into {suffix}: re-encoded as AAC")
                 frames, error = _pipeline(
                     container, stream, stylizer, stabilizer, output, video, audio_out, (width, height), settings,
-                    lambda batch: finish(batch[0], batch[1], strength, keep_color), progress, task,
+                    lambda batch: finish(batch[0], batch[1], strength, preserve_color), progress, task,
                 )  # fmt: skip
             finally:
                 output.close()
