@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import Logger
 
 from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
 from fast_style.config import check_config
@@ -93,12 +93,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=True)
+    loggers: list[Logger] = [instantiate(c) for c in (cfg.get("logger") or {}).values()]  # configs/logger/
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     callbacks.append(ExportCallback(**cfg.export, metadata=export_metadata(cfg)))
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
-    # Every setting becomes a TensorBoard hparam, so runs can be compared side by side.
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
+    # Every setting becomes a hyperparameter (TensorBoard's HPARAMS tab), so runs can be compared side by side.
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
         load_lightning_checkpoint(Path(str(ckpt_path)).expanduser(), "ckpt_path")  # one line if it is no checkpoint

@@ -52,6 +52,20 @@ def test_quickstart_trains_on_the_bundled_photos():
     assert Path(cfg.data.root).is_dir() and cfg.trainer.max_steps <= 500
 
 
+@pytest.mark.parametrize(
+    ("override", "targets"),
+    [
+        ("logger=tensorboard", {"TensorBoardLogger"}),
+        ("logger=csv", {"CSVLogger"}),
+        ("logger=many", {"TensorBoardLogger", "CSVLogger"}),
+        ("~logger", set()),
+    ],
+)
+def test_logger_group_selects_the_loggers(override, targets):
+    loggers = compose_train(override).get("logger") or {}
+    assert {node._target_.rpartition(".")[2] for node in loggers.values()} == targets
+
+
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])
 def test_trainer_configs_compose(trainer):
     cfg = compose_train(f"trainer={trainer}")

@@ -178,6 +178,14 @@ def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
     assert "Traceback" not in result.stderr
 
 
+def test_logger_many_writes_tensorboard_and_csv_into_the_run_folder(tmp_path):
+    run_train(tmp_path, *FAST, "logger=many", "trainer.max_steps=2", "trainer.log_every_n_steps=1")
+    run_dir = only_run(tmp_path / "logs")
+    assert "train/loss" in events(run_dir).Tags()["scalars"]
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "train/loss"} <= set(header)
+
+
 def test_a_new_style_trains_from_any_image(tmp_path):
     painting = Path(__file__).parents[1] / "data" / "styles" / "wave.jpg"
     run_train(tmp_path, *FAST, "style=my_wave", f"style.image={painting}", "trainer.max_steps=2")
