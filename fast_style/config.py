@@ -47,7 +47,7 @@ OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), repla
 OmegaConf.register_new_resolver("gpu_amp_precision", gpu_amp_precision, replace=True)
 
 # Lightning's precision settings (trainer.precision), as it accepts them.
-PRECISIONS = (
+LIGHTNING_PRECISIONS = (
     "32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64", 64
 )  # fmt: skip
 # Keys users set on the command line, and what their values must be.
@@ -56,7 +56,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "data.batch_size": integer(1),
     "data.num_workers": integer(0),
     "trainer.max_steps": integer(1),
-    "trainer.precision": choice(*PRECISIONS),
+    "trainer.precision": choice(*LIGHTNING_PRECISIONS),
     "trainer.deterministic": boolean,
     "optimizer.lr": number(positive=True),
     "loss.content_weight": number(0),
