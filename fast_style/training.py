@@ -100,8 +100,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
     # Every setting becomes a hyperparameter (TensorBoard's HPARAMS tab), so runs can be compared side by side.
+    settings = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(settings)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
         load_lightning_checkpoint(Path(str(ckpt_path)).expanduser(), "ckpt_path")  # one line if it is no checkpoint
