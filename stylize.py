@@ -8,11 +8,11 @@ import sys
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from fast_style.config import CONFIG_DIR
 from fast_style.errors import exit_on_user_error
-from fast_style.inference import STYLIZE_RULES, stylize_files
 from fast_style.optimize import check_method, optimize_argv, optimize_files
 from fast_style.options import check_overrides, check_values
+from fast_style.paths import CONFIG_DIR
+from fast_style.stylize_files import STYLIZE_RULES, stylize_files
 from fast_style.video import VideoSettings
 
 
@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
             overwrite=cfg.overwrite,
             fiftyone_dataset=cfg.fiftyone.dataset,
             tile=cfg.tile,
-            compile=cfg.compile,
+            torch_compile=cfg.compile,
             video=VideoSettings(**cfg.video),
         )
     sys.exit(1 if failed else 0)

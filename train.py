@@ -8,9 +8,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fast_style.config import CONFIG_DIR, resolve_style_argument
+from fast_style.config import resolve_style_argument
 from fast_style.errors import exit_on_user_error
 from fast_style.options import check_overrides
+from fast_style.paths import CONFIG_DIR
 from fast_style.training import train
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fast_style.export import load_model, save_model
-from fast_style.images import read_image
-from fast_style.inference import to_tensor
+from fast_style.images import read_image, to_tensor
+from fast_style.model_file import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CONTENT = ROOT.parent / "shared" / "data" / "content"  # beside the checkout; else the bundled samples

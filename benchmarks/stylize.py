@@ -24,8 +24,9 @@ import time
 
 import torch
 
-from fast_style.export import export_onnx, save_model
+from fast_style.export import export_onnx
 from fast_style.inference import Stylizer
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 
 LOOPS = ("straightforward", "ours", "ours, light", "onnx")

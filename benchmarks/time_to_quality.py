@@ -201,7 +201,7 @@ def bound(equivalent: dict) -> str:
 
 
 def cpu_flags() -> list[str]:
-    from fast_style.config import cpu_info
+    from fast_style.devices import cpu_info
 
     return cpu_info().split()
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from fast_style.evaluate import Yardstick, config_objective, own_objective
-from fast_style.images import load_rgb
-from fast_style.inference import Stylizer, to_tensor
+from fast_style.images import load_rgb, to_tensor
+from fast_style.inference import Stylizer
 from fast_style.stabilize import MODES
 from fast_style.video import Stabilizer, VideoSettings
 

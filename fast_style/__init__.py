@@ -1,4 +1,7 @@
-"""fast-style: fast feed-forward neural style transfer."""
+"""fast-style: fast feed-forward neural style transfer; ``from fast_style import Stylizer`` is its Python API.
+
+README.md ("What it is") lists the modules by layer.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Saving during training: atomic Lightning checkpoints, and the per-style model file kept up to date.
 
-Kept apart from :mod:`fast_style.export` so that stylizing never imports Lightning.
+Kept apart from :mod:`fast_style.model_file` so that stylizing never imports Lightning.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from fast_style.config import cpu_info
+from fast_style.devices import cpu_info
 from fast_style.errors import UserError
-from fast_style.export import DTYPES, atomic_path, check_writable, read_metadata, remove_stale_temporaries, save_model
+from fast_style.files import atomic_path, check_writable, remove_stale_temporaries
+from fast_style.model_file import DTYPES, read_metadata, save_model
 
 
 def hardware(device: torch.device) -> str:

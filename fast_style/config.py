@@ -9,31 +9,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fast_style.devices import cpu_has_fast_bf16
 from fast_style.errors import UserError
 from fast_style.options import Rule, boolean, check_values, choice, integer, number, text
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "configs"
+from fast_style.paths import CONFIG_DIR, PROJECT_ROOT
 
 
 def gpu_amp_precision() -> str:
     """bf16 mixed precision where the GPU supports it (Ampere and newer), else fp16 with loss scaling."""
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-
-
-def cpu_info() -> str:
-    """The text of /proc/cpuinfo, or "" where there is none (not Linux)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16
-    and a training step gets tens of times slower than fp32 (measured on an AVX2-only AMD EPYC)."""
-    flags = cpu_info().split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def parse_key_values(defaults: dict[str, Any], argv: list[str], rules: Mapping[str, Rule] | None = None) -> DictConfig:
@@ -63,7 +47,7 @@ OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), repla
 OmegaConf.register_new_resolver("gpu_amp_precision", gpu_amp_precision, replace=True)
 
 # Lightning's precision settings (trainer.precision), as it accepts them.
-PRECISIONS = (
+LIGHTNING_PRECISIONS = (
     "32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64", 64
 )  # fmt: skip
 # Keys users set on the command line, and what their values must be.
@@ -72,7 +56,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "data.batch_size": integer(1),
     "data.num_workers": integer(0),
     "trainer.max_steps": integer(1),
-    "trainer.precision": choice(*PRECISIONS),
+    "trainer.precision": choice(*LIGHTNING_PRECISIONS),
     "trainer.deterministic": boolean,
     "optimizer.lr": number(positive=True),
     "loss.content_weight": number(0),

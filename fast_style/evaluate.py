@@ -31,22 +31,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
-from fast_style.config import CONFIG_DIR, PROJECT_ROOT, compose_train_config, style_names
+from fast_style.config import compose_train_config, style_names
+from fast_style.devices import pick_device
 from fast_style.errors import UserError, exit_on_user_error
-from fast_style.export import atomic_path
-from fast_style.images import list_images, load_rgb
-from fast_style.inference import Stylizer, pick_device, save_image, to_image, to_tensor
+from fast_style.files import atomic_path
+from fast_style.images import list_images, load_rgb, save_image, to_image, to_tensor
+from fast_style.inference import Stylizer
 from fast_style.loss import PerceptualLoss
+from fast_style.objective import as_list, build_loss, file_sha256
 from fast_style.optimize import STYLE_OVERRIDE, Step, optimize_image
 from fast_style.options import DEVICE, check_values, text
-from fast_style.style import as_list, file_sha256
+from fast_style.paths import CONFIG_DIR, PROJECT_ROOT
 
 TERMS = ("content", "style", "tv", "total")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as in inference.RGB_TO_YCBCR
 
 
 def as_saved(image: torch.Tensor) -> torch.Tensor:
-    """The image as it is written to a file: clamped, rounded to 8 bits (like inference.to_image)."""
+    """The image as it is written to a file: clamped, rounded to 8 bits (like images.to_image)."""
     return torch.floor(image.float().clamp(0, 1) * 255 + 0.5) / 255
 
 
@@ -224,8 +226,6 @@ class Yardstick:
         device: torch.device,
         cache: Path | None = None,
     ) -> None:
-        from fast_style.training import build_loss  # Lightning and the rest of training, only when needed
-
         self.source, self.style, self.loss_settings, self.cache = source, style, loss, cache
         self.loss: PerceptualLoss = build_loss(OmegaConf.create({"style": style, "loss": loss})).to(device).eval()
         self.device = device

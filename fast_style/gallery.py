@@ -18,13 +18,15 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from fast_style.config import PROJECT_ROOT, parse_key_values
+from fast_style.config import parse_key_values
 from fast_style.errors import UserError, exit_on_user_error
 from fast_style.evaluate import format_equivalent
-from fast_style.export import atomic_path
-from fast_style.images import read_image
-from fast_style.inference import Stylizer, find_inputs, save_image
+from fast_style.files import atomic_path
+from fast_style.images import read_image, save_image
+from fast_style.inference import Stylizer
 from fast_style.options import Rule, boolean, integer, text
+from fast_style.paths import PROJECT_ROOT
+from fast_style.stylize_files import find_inputs
 
 DEFAULTS: dict[str, Any] = {
     "styles": None,

@@ -1,4 +1,5 @@
-"""Reading images: any common file as upright 8-bit RGB(A), with a clear error for a bad one.
+"""Image files in and out: any common file read as upright 8-bit sRGB(A), with a clear error for a bad one; images
+written atomically as sRGB; and PIL images to tensors and back.
 
 Shared by training, stylizing and evaluation; kept free of Lightning and torchvision so that
 stylizing starts fast.
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageCms, ImageOps
 
 from fast_style.errors import UserError
+from fast_style.files import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # Video files stylize.py accepts beside images (fast_style.video; any format FFmpeg reads works when named).
@@ -125,3 +128,28 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image file as upright 8-bit RGB (alpha dropped)."""
     return read_image(path).convert("RGB")
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Save atomically in the format of ``path``'s suffix (JPEG quality 95; alpha dropped where unsupported), tagged
+    as sRGB."""
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    if fmt == "JPEG" and image.mode != "RGB":
+        image = image.convert("RGB")
+    options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["icc_profile"] = SRGB_ICC  # the pixels are sRGB (inputs with other profiles were converted)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **options)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB(A) PIL image → (1, 3, H, W) float in [0, 1] (alpha dropped)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] → 8-bit RGB PIL image (clamped, rounded to the nearest value)."""
+    array = tensor[0].float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)

@@ -95,27 +95,27 @@ class StyleTransferModule(pl.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
         # hp_metric: the number TensorBoard's HPARAMS tab shows next to each run's settings.
         self.log("hp_metric", terms["loss"], batch_size=len(batch), sync_dist=True)
-        if batch_idx == 0 and isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
+        tensorboard = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if batch_idx == 0 and tensorboard is not None and not self.trainer.sanity_checking:
             # Row 1: the validation photos; row 2: their stylisations.
             grid = make_grid(torch.cat([batch, output]).float().clamp(0, 1).cpu(), nrow=len(batch), padding=4)
-            self.logger.experiment.add_image("val/stylized", grid, self.global_step)
+            tensorboard.experiment.add_image("val/stylized", grid, self.global_step)
 
     def on_train_end(self) -> None:
-        """List every skipped file (from all processes) in ``<log dir>/unreadable_files.txt`` and say so in one line,
+        """List every skipped file (from all processes) in ``<run folder>/unreadable_files.txt`` and say so in one line,
         so that a long run's skips are not lost among its warnings."""
         problems = self.unreadable
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             per_process: list[set[str] | None] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(per_process, self.unreadable)
             problems = set().union(*(p for p in per_process if p))
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every process must ask, not rank zero alone
-        if problems and self.trainer.is_global_zero:
-            path = Path(log_dir or self.trainer.default_root_dir) / "unreadable_files.txt"
+        if problems and self.trainer.is_global_zero:  # into the run folder, whichever loggers (logger=) are in use
+            path = Path(self.trainer.default_root_dir) / "unreadable_files.txt"
             write_lines(path, sorted(problems))
             log.warning("skipped %d unreadable training files; they are listed in %s", len(problems), path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The architecture, so a training checkpoint can be used for stylizing (fast_style.inference).
+        # The architecture, so a training checkpoint can be used for stylizing (fast_style.model_file).
         checkpoint["fast_style_model"] = self.net.config()
 
     def configure_optimizers(self) -> Any:

@@ -23,19 +23,13 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fast_style.config import compose_train_config
+from fast_style.devices import pick_device
 from fast_style.errors import UserError
-from fast_style.images import read_image
-from fast_style.inference import (
-    find_inputs,
-    pick_device,
-    plan_outputs,
-    safe_name,
-    save_image,
-    to_image,
-    to_tensor,
-    unique_names,
-)
+from fast_style.files import safe_name
+from fast_style.images import read_image, save_image, to_image, to_tensor
 from fast_style.loss import PerceptualLoss
+from fast_style.objective import build_loss
+from fast_style.stylize_files import find_inputs, plan_outputs, unique_names
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "mix")
@@ -273,8 +267,6 @@ def optimize_files(cfg: DictConfig) -> int:
     names = unique_names([safe_name(c.style.name) for c in configs])
     destinations = plan_outputs(sources, names, str(cfg.output), cfg.overwrite)
     plan = [(c, src, destinations[src, name]) for c, name in zip(configs, names) for src in sources]
-
-    from fast_style.training import build_loss  # Lightning and the rest of training, only when needed
 
     failed: set[Path] = set()
     loss, loss_cfg = None, None

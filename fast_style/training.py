@@ -10,27 +10,18 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import Logger
 
 from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
-from fast_style.config import PROJECT_ROOT, check_config
+from fast_style.config import check_config
 from fast_style.errors import UserError
-from fast_style.inference import load_lightning_checkpoint, load_network
-from fast_style.loss import PerceptualLoss
+from fast_style.model_file import load_lightning_checkpoint, load_network
 from fast_style.module import StyleTransferModule
 from fast_style.network import TransformerNet
-from fast_style.style import as_list, file_sha256, load_style_image
+from fast_style.objective import as_list, build_loss, file_sha256
+from fast_style.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
-
-
-def build_loss(cfg: DictConfig) -> PerceptualLoss:
-    """The perceptual loss of ``cfg.loss`` with the style targets of ``cfg.style`` set (training,
-    optimization-based stylization and evaluation all measure with this one)."""
-    style_tensors = [load_style_image(path, cfg.style.size) for path in as_list(cfg.style.image)]
-    loss = instantiate(cfg.loss)
-    loss.set_style(style_tensors, cfg.style.get("blend"))
-    return loss
 
 
 def warm_start(net: TransformerNet, init: str) -> TransformerNet:
@@ -102,12 +93,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=True)
+    loggers: list[Logger] = [instantiate(c) for c in (cfg.get("logger") or {}).values()]  # configs/logger/
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     callbacks.append(ExportCallback(**cfg.export, metadata=export_metadata(cfg)))
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
-    # Every setting becomes a TensorBoard hparam, so runs can be compared side by side.
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
+    # Every setting becomes a hyperparameter (TensorBoard's HPARAMS tab), so runs can be compared side by side.
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(settings)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
         load_lightning_checkpoint(Path(str(ckpt_path)).expanduser(), "ckpt_path")  # one line if it is no checkpoint

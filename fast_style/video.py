@@ -24,7 +24,7 @@ import torch
 from rich.progress import Progress
 
 from fast_style.errors import UserError
-from fast_style.export import atomic_path
+from fast_style.files import atomic_path
 from fast_style.images import VIDEO_EXTENSIONS
 from fast_style.inference import Stylizer, finish
 from fast_style.stabilize import Blender, ClipStatistics, MovingAverage, parse_mode
@@ -202,7 +202,7 @@ def stylize_video(
     destination: Path,
     settings: VideoSettings,
     max_size: int | None = None,
-    keep_color: bool = False,
+    preserve_color: bool = False,
     strength: float = 1.0,
     progress: Progress | None = None,
 ) -> VideoResult:
@@ -251,7 +251,7 @@ def stylize_video(
                         notes.append(f"{audio.codec_context.name} audio cannot go into {suffix}: re-encoded as AAC")
                 frames, error = _pipeline(
                     container, stream, stylizer, stabilizer, output, video, audio_out, (width, height), settings,
-                    lambda batch: finish(batch[0], batch[1], strength, keep_color), progress, task,
+                    lambda batch: finish(batch[0], batch[1], strength, preserve_color), progress, task,
                 )  # fmt: skip
             finally:
                 output.close()

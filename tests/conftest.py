@@ -56,7 +56,7 @@ FAST = (
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A small real network, as a model file (random weights are enough for geometry, modes and controls)."""
-    from fast_style.export import save_model
+    from fast_style.model_file import save_model
     from fast_style.network import TransformerNet
 
     torch.manual_seed(0)

@@ -9,9 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fast_style.config import CONFIG_DIR, check_config, resolve_style_argument, style_names
+from fast_style.config import check_config, resolve_style_argument, style_names
 from fast_style.errors import UserError
 from fast_style.network import TransformerNet
+from fast_style.paths import CONFIG_DIR
 
 from .conftest import STYLES
 
@@ -81,6 +82,20 @@ def test_model_group_builds_the_network_with_its_options():
 def test_quickstart_trains_on_the_bundled_photos():
     cfg = compose_train("experiment=quickstart", data_root=None)
     assert Path(cfg.data.root).is_dir() and cfg.trainer.max_steps <= 500
+
+
+@pytest.mark.parametrize(
+    ("override", "targets"),
+    [
+        ("logger=tensorboard", {"TensorBoardLogger"}),
+        ("logger=csv", {"CSVLogger"}),
+        ("logger=many", {"TensorBoardLogger", "CSVLogger"}),
+        ("~logger", set()),
+    ],
+)
+def test_logger_group_selects_the_loggers(override, targets):
+    loggers = compose_train(override).get("logger") or {}
+    assert {node._target_.rpartition(".")[2] for node in loggers.values()} == targets
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp"])

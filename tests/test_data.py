@@ -27,8 +27,8 @@ from fast_style.data import (
     read_rgb_tensor,
 )
 from fast_style.errors import UserError
-from fast_style.export import read_metadata
 from fast_style.images import read_image
+from fast_style.model_file import read_metadata
 
 from .conftest import FAST, ROOT, SAMPLES, run_train
 from .test_training import events, only_run

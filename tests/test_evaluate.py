@@ -16,10 +16,10 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from fast_style.errors import UserError
 from fast_style.evaluate import LUMA, as_saved, equivalent_iterations, format_equivalent, load_content, main, ssim
-from fast_style.export import save_model
-from fast_style.inference import to_image, to_tensor
+from fast_style.images import to_image, to_tensor
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
-from fast_style.style import file_sha256
+from fast_style.objective import file_sha256
 
 from .conftest import ROOT, SAMPLES, photo
 

@@ -1,4 +1,5 @@
-"""ONNX and TorchScript exports match the eager network at sizes other than the example's."""
+"""python -m fast_style.export: ONNX and TorchScript exports match the eager network at sizes other than the
+example's; the command checks its arguments and the onnx extra."""
 
 import subprocess
 import sys
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fast_style.export import export_onnx, export_torchscript, save_model
+from fast_style.export import export_onnx, export_torchscript
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 
 from .conftest import photo
@@ -80,3 +82,20 @@ def test_export_command_arguments_are_checked_before_anything_is_written(net, tm
             [f"style={tmp_path / 'wave.safetensors'}", "format=torchscript", f"output={tmp_path / 'wave.pt'}", argument]
         )
     assert (tmp_path / "wave.pt").read_bytes() == b"precious"
+
+
+def test_onnx_export_without_the_onnx_extra_is_one_line(tmp_path):
+    """Run as a user without ``pip install 'fast-style[onnx]'`` would: onnxscript cannot be imported."""
+    save_model(TransformerNet(width=0.25), tmp_path / "m.safetensors")
+    code = (
+        "import sys; sys.modules['onnxscript'] = None; from fast_style.errors import exit_on_user_error; "
+        "from fast_style.export import main\nwith exit_on_user_error(): main(sys.argv[1:])"
+    )
+    args = [f"style={tmp_path / 'm.safetensors'}", f"output={tmp_path / 'm.onnx'}"]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: format=onnx needs the onnx extra (import of onnxscript "
+        "halted; None in sys.modules): pip install 'fast-style[onnx]'"
+    ]
+    assert not (tmp_path / "m.onnx").exists()

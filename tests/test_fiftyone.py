@@ -20,10 +20,12 @@ import torch
 from PIL import Image
 
 from fast_style.errors import UserError
-from fast_style.export import read_metadata, save_model
-from fast_style.fiftyone_io import FiftyOneDataModule, import_fiftyone, slice_for
-from fast_style.inference import stylize_files
+from fast_style.extras import import_fiftyone
+from fast_style.fiftyone_data import FiftyOneDataModule
+from fast_style.fiftyone_results import slice_for
+from fast_style.model_file import read_metadata, save_model
 from fast_style.network import TransformerNet
+from fast_style.stylize_files import stylize_files
 
 from .conftest import FAST, ROOT, SAMPLES, run_train
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from fast_style.errors import UserError
-from fast_style.export import save_model
 from fast_style.gallery import main
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 
 from .conftest import SAMPLES

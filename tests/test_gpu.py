@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fast_style import Stylizer
-from fast_style.export import read_metadata, save_model
+from fast_style.model_file import read_metadata, save_model
 from fast_style.network import TransformerNet
 
 from .conftest import FAST, photo, run_train

@@ -12,9 +12,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from fast_style.config import CONFIG_DIR, compose_train_config
+from fast_style.config import compose_train_config
 from fast_style.errors import UserError
-from fast_style.inference import to_tensor
+from fast_style.images import to_tensor
+from fast_style.objective import build_loss, load_style_image
 from fast_style.optimize import (
     check_method,
     initial_image,
@@ -23,8 +24,7 @@ from fast_style.optimize import (
     optimize_image,
     projected_lbfgs,
 )
-from fast_style.style import load_style_image
-from fast_style.training import build_loss
+from fast_style.paths import CONFIG_DIR
 
 from .conftest import ROOT, SAMPLES, SHARED_DATA, STYLES
 

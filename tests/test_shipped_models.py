@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fast_style.export import read_metadata
-from fast_style.inference import Stylizer, to_tensor
+from fast_style.images import to_tensor
+from fast_style.inference import Stylizer
+from fast_style.model_file import read_metadata
 
 from .conftest import ROOT, SAMPLES
 

@@ -15,9 +15,9 @@ from PIL import Image
 
 from fast_style import Stylizer
 from fast_style.errors import UserError
-from fast_style.export import save_model
-from fast_style.images import read_image
-from fast_style.inference import RGB_TO_YCBCR, to_tensor
+from fast_style.images import read_image, to_tensor
+from fast_style.inference import RGB_TO_YCBCR
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 
 from .conftest import ROOT, SAMPLES, photo
@@ -81,7 +81,7 @@ def test_preserve_color_keeps_the_photos_chroma(stylizer):
     def chroma(image: Image.Image) -> torch.Tensor:
         return torch.einsum("ij,njhw->nihw", RGB_TO_YCBCR[1:], to_tensor(image))
 
-    plain, kept = stylizer(photo), stylizer(photo, keep_color=True)
+    plain, kept = stylizer(photo), stylizer(photo, preserve_color=True)
     target = chroma(photo)
     assert (chroma(kept) - target).abs().mean() < 0.01
     assert (chroma(plain) - target).abs().mean() > 3 * (chroma(kept) - target).abs().mean()
@@ -189,10 +189,10 @@ def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, me
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def stylize_quietly(styles: list, input: Path, output: Path | str, **options) -> int:
-    from fast_style.inference import stylize_files
+def stylize_quietly(styles: list, inputs: Path, output: Path | str, **options) -> int:
+    from fast_style.stylize_files import stylize_files
 
-    return stylize_files([str(s) for s in styles], str(input), str(output), device="cpu", precision="fp32", **options)
+    return stylize_files([str(s) for s in styles], str(inputs), str(output), device="cpu", precision="fp32", **options)
 
 
 def files_below(folder: Path) -> list[str]:

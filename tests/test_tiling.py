@@ -9,7 +9,8 @@ from PIL import Image
 
 from fast_style import inference
 from fast_style.errors import UserError
-from fast_style.inference import Stylizer, pick_tile, to_tensor
+from fast_style.images import to_tensor
+from fast_style.inference import Stylizer, pick_tile
 from fast_style.network import TransformerNet
 from fast_style.tiling import stylize_tiled
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fast_style.config import cpu_has_fast_bf16
-from fast_style.export import load_model, read_metadata, save_model
+from fast_style.devices import cpu_has_fast_bf16
+from fast_style.model_file import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
 from .conftest import FAST, ROOT, photo, run_train
@@ -180,6 +180,14 @@ def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
     assert "Traceback" not in result.stderr
 
 
+def test_logger_many_writes_tensorboard_and_csv_into_the_run_folder(tmp_path):
+    run_train(tmp_path, *FAST, "logger=many", "trainer.max_steps=2", "trainer.log_every_n_steps=1")
+    run_dir = only_run(tmp_path / "logs")
+    assert "train/loss" in events(run_dir).Tags()["scalars"]
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "train/loss"} <= set(header)
+
+
 def test_a_new_style_trains_from_any_image(tmp_path):
     painting = Path(__file__).parents[1] / "data" / "styles" / "wave.jpg"
     run_train(tmp_path, *FAST, "style=my_wave", f"style.image={painting}", "trainer.max_steps=2")
@@ -249,9 +257,9 @@ def test_an_export_failure_mid_run_keeps_every_checkpoint_and_the_final_network(
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from fast_style.checkpointing import AtomicCheckpointIO, ExportCallback
-    from fast_style.config import CONFIG_DIR
     from fast_style.errors import UserError
-    from fast_style.inference import load_lightning_checkpoint
+    from fast_style.model_file import load_lightning_checkpoint
+    from fast_style.paths import CONFIG_DIR
     from fast_style.training import build_module
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

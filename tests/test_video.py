@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from fast_style import Stylizer
 from fast_style.errors import UserError
-from fast_style.export import save_model
+from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 from fast_style.stabilize import Blender, ClipStatistics, MovingAverage, estimate_motion, move, parse_mode
 from fast_style.video import VideoSettings, stylize_video

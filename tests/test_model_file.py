@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fast_style.errors import UserError
-from fast_style.export import atomic_path, load_model, read_metadata, save_model
+from fast_style.files import atomic_path
+from fast_style.model_file import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
 from .conftest import photo
@@ -90,26 +91,6 @@ def test_model_files_with_malformed_metadata_are_one_clear_line(tmp_path, metada
         Stylizer.load(path)
 
 
-def test_onnx_export_without_the_onnx_extra_is_one_line(tmp_path):
-    """Run as a user without ``pip install 'fast-style[onnx]'`` would: onnxscript cannot be imported."""
-    import subprocess
-    import sys
-
-    save_model(TransformerNet(width=0.25), tmp_path / "m.safetensors")
-    code = (
-        "import sys; sys.modules['onnxscript'] = None; from fast_style.errors import exit_on_user_error; "
-        "from fast_style.export import main\nwith exit_on_user_error(): main(sys.argv[1:])"
-    )
-    args = [f"style={tmp_path / 'm.safetensors'}", f"output={tmp_path / 'm.onnx'}"]
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [
-        "error: format=onnx needs the onnx extra (import of onnxscript "
-        "halted; None in sys.modules): pip install 'fast-style[onnx]'"
-    ]
-    assert not (tmp_path / "m.onnx").exists()
-
-
 def test_a_model_with_nan_weights_is_refused_not_turned_into_black_images(tmp_path):
     net = TransformerNet(width=0.25)
     with torch.no_grad():
@@ -139,7 +120,7 @@ def test_stale_temporaries_of_killed_writes_are_removed_and_fresh_ones_kept(tmp_
     import os
     import time
 
-    from fast_style.export import remove_stale_temporaries
+    from fast_style.files import remove_stale_temporaries
 
     old, fresh = tmp_path / ".last.ckpt.ab12cd34.tmp", tmp_path / ".model.safetensors.zz99yy88.tmp"
     for path in (old, fresh, tmp_path / "notes.tmp", tmp_path / "last.ckpt"):

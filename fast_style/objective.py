@@ -1,4 +1,6 @@
-"""Style images: loading them at the size the style targets are computed at, and fingerprinting them."""
+"""A style's objective: its style images (loaded at the size the style targets are computed at, and fingerprinted)
+and the perceptual loss with their targets set. Training, optimization-based stylizing and evaluation all measure
+with this one loss."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torchvision.transforms import v2
 
 from fast_style.errors import UserError
 from fast_style.images import load_rgb
+from fast_style.loss import PerceptualLoss
 
 
 def as_list(images: str | Sequence[str]) -> list[str]:
@@ -29,4 +34,13 @@ def load_style_image(path: str | Path, size: int | None) -> torch.Tensor:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, so that a model records which style image it learned, wherever it lies."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def build_loss(cfg: DictConfig) -> PerceptualLoss:
+    """The perceptual loss of ``cfg.loss`` with the style targets of ``cfg.style`` set."""
+    style_tensors = [load_style_image(path, cfg.style.size) for path in as_list(cfg.style.image)]
+    loss = instantiate(cfg.loss)
+    loss.set_style(style_tensors, cfg.style.get("blend"))
+    return loss
