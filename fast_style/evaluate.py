@@ -278,8 +278,10 @@ class Yardstick:
         the name is a hash of everything they depend on, so a changed setting never reads stale numbers."""
         if self.cache is None:
             return None
-        # Not where the objective was read from: every model trained for the same objective shares the results.
-        objective = {k: v for k, v in self.describe().items() if k != "objective"}
+        # Not where the objective was read from, nor how its style image's path was written (absolute in a config,
+        # relative in a model file): every model trained for the same objective shares the results.
+        objective = {k: v for k, v in self.describe().items() if k not in ("objective", "image")}
+        objective["images"] = [image["sha256"] for image in objective["images"]]
         key = json.dumps(
             [objective, file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
             sort_keys=True,

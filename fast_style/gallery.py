@@ -65,8 +65,17 @@ def training_record(metadata: dict[str, Any]) -> dict[str, str]:
             f"{losses[k]:.3g}" if k in losses else "?" for k in ("train/content", "train/style", "train/tv")
         ),
         "date": str(metadata.get("date", "?")),
-        "file": str(metadata.get("path", "?")),
+        "file": shown_path(metadata.get("path", "?")),
     }
+
+
+def shown_path(path: object) -> str:
+    """A model's path as the gallery shows it: relative to the project when inside it, so the page says the same
+    on every machine."""
+    try:
+        return Path(str(path)).resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def evaluation_record(report: dict[str, Any], model_path: str) -> dict[str, str]:

@@ -231,3 +231,25 @@ def test_a_model_is_measured_by_its_own_recorded_objective_unless_told_otherwise
     other = main([f"style={model}", *settings, "loss_style=wave", "style.size=128", f"output={tmp_path / 'cfg'}"])
     yardstick = other["models"][0]["yardstick"]
     assert yardstick["objective"] == "configs/style/wave.yaml" and yardstick["loss"]["style_weight"] != 7.0
+
+
+def test_a_style_config_and_a_model_trained_from_it_share_the_optimizers_cache(tmp_path, content_dir, monkeypatch):
+    """The config names the painting by an absolute path, the model file by one relative to the checkout: the same
+    objective all the same, so the optimizer runs once."""
+    monkeypatch.chdir(tmp_path)
+    settings = [f"content={content_dir}", "size=48", "iterations=[2,4]", f"cache={tmp_path / 'cache'}"]
+    first = make_model(tmp_path / "a.safetensors", 1)
+    config = main([f"style={first}", "loss_style=wave", "style.size=128", *settings])["models"][0]
+    cached = sorted((tmp_path / "cache").iterdir())
+    yardstick = config["yardstick"]
+    painting = "data/styles/wave.jpg"
+    assert yardstick["images"][0]["path"] != painting  # written differently from what training records
+    recorded = {
+        "style": {"name": "wave", "images": [{"path": painting, "sha256": file_sha256(ROOT / painting)}], "size": 128},
+        "loss": {"_target_": "fast_style.loss.PerceptualLoss", **yardstick["loss"]},
+    }
+    trained = tmp_path / "wave.safetensors"
+    save_model(TransformerNet(width=0.25), trained, {**recorded, "style": {**recorded["style"], "blend": None}})
+    own = main([f"style={trained}", *settings])["models"][0]
+    assert own["yardstick"]["objective"] == str(trained)
+    assert sorted((tmp_path / "cache").iterdir()) == cached  # nothing new was optimized

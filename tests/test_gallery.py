@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from fast_style.errors import UserError
-from fast_style.gallery import main
+from fast_style.gallery import main, shown_path
 from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
 
-from .conftest import SAMPLES
+from .conftest import ROOT, SAMPLES
 
 
 def test_contact_sheet_has_a_row_per_photo_and_a_column_per_style_and_records(tmp_path):
@@ -73,3 +73,8 @@ def test_records_carry_each_models_numbers_from_an_evaluation_report(tmp_path):
     assert rows[1].endswith("| - | - | - |")
     with pytest.raises(UserError, match="is not a readable evaluation.json"):
         main([f"styles=[{models[0]}]", f"content={photos}", f"output={tmp_path / 'g2.md'}", f"evaluation={photos}"])
+
+
+def test_the_page_names_a_bundled_model_relative_to_the_project_so_it_reads_the_same_on_every_machine(tmp_path):
+    assert shown_path(ROOT / "checkpoints" / "wave.safetensors") == "checkpoints/wave.safetensors"
+    assert shown_path(tmp_path / "mine.safetensors") == str(tmp_path / "mine.safetensors")
