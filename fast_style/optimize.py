@@ -279,7 +279,7 @@ def optimize_files(cfg: DictConfig) -> int:
                 photo, content = load_photo(src, max_size)
             except UserError as e:
                 failed.add(src)
-                progress.console.print(f"skipped: {e}")
+                progress.console.print(f"skipped: {e}", soft_wrap=True)  # a path is not broken across lines
                 continue
             if style_cfg is not loss_cfg:
                 loss, loss_cfg = build_loss(style_cfg).to(device), style_cfg
@@ -287,7 +287,8 @@ def optimize_files(cfg: DictConfig) -> int:
                 failed.add(src)
                 progress.console.print(
                     f"skipped: {src} is {photo.width}x{photo.height} after max_size; the loss network needs at least"
-                    f" {loss.vgg.min_side} px on each side"
+                    f" {loss.vgg.min_side} px on each side",
+                    soft_wrap=True,
                 )
                 continue
             task = progress.add_task(f"{src.name} → {style_cfg.style.name}", total=iterations, losses="")
