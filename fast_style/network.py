@@ -98,7 +98,11 @@ class ResidualBlock(nn.Module):
         self.scale = nn.Parameter(torch.zeros(())) if norm == "weight" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (self.body(x) if self.scale is None else self.scale * self.body(x))
+        return x + self.scaled(self.body(x))
+
+    def scaled(self, branch: torch.Tensor) -> torch.Tensor:
+        """The body's output as it is added to the input (tiling adds it in place, tile by tile)."""
+        return branch if self.scale is None else self.scale * branch
 
 
 class UpsampleLayer(nn.Sequential):

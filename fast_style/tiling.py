@@ -144,6 +144,6 @@ def stylize_tiled(
     features = run_tiled(leaf_layers(net.encoder), pad_to_multiple_of_4(images), stats, tile, HALO, adjust=adjust)
     for block in net.residuals:  # ResidualBlock.forward, with the sum in place (one tensor less at a time)
         branch = run_materialized(leaf_layers(block.body), features, stats, tile // 4, HALO // 4, adjust)
-        features += branch if block.scale is None else block.scale * branch
+        features += block.scaled(branch)
     out = run_tiled(leaf_layers(net.decoder), features, stats, tile // 4, HALO // 4, net.finish, adjust)
     return out[..., :height, :width]
