@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> None:
             tile=cfg.tile,
             torch_compile=cfg.compile,
             video=VideoSettings(**cfg.video),
+            backend=cfg.backend,
         )
     sys.exit(1 if failed else 0)
 

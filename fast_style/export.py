@@ -12,10 +12,10 @@ import torch
 
 from fast_style.config import parse_key_values
 from fast_style.errors import UserError, exit_on_user_error
-from fast_style.extras import check_onnx
 from fast_style.files import atomic_path
 from fast_style.model_file import find_model, load_model
 from fast_style.network import TransformerNet
+from fast_style.onnx_model import export_onnx
 from fast_style.options import boolean, choice, integer, text
 
 
@@ -24,20 +24,6 @@ def export_torchscript(net: TransformerNet, path: str | Path) -> None:
     scripted = torch.jit.script(net.float().eval().to(memory_format=torch.contiguous_format))
     with atomic_path(path) as tmp:
         scripted.save(str(tmp))
-
-
-def export_onnx(net: TransformerNet, path: str | Path, opset: int = 18) -> None:
-    """ONNX with dynamic batch, height and width (sides of at least 8 px), input and output in [0, 1]."""
-    check_onnx("format=onnx")
-    net = net.float().eval().to(memory_format=torch.contiguous_format)
-    example = torch.rand(1, 3, 64, 48)
-    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=8, max=16384)}
-    dims[3] = torch.export.Dim("width", min=8, max=16384)
-    with atomic_path(path) as tmp:
-        torch.onnx.export(
-            net, (example,), str(tmp), input_names=["image"], output_names=["stylized"],
-            dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False,
-        )  # fmt: skip
 
 
 def main(argv: list[str]) -> None:

@@ -18,7 +18,7 @@ from fast_style.errors import UserError
 from fast_style.fiftyone_results import record_stylizations
 from fast_style.files import check_writable
 from fast_style.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image, save_image
-from fast_style.inference import Stylizer
+from fast_style.inference import BACKENDS, Stylizer
 from fast_style.options import DEVICE, Rule, boolean, choice, integer, number, text
 from fast_style.video import VideoSettings, stylize_video, video_suffix
 
@@ -33,6 +33,7 @@ STYLIZE_RULES: dict[str, Rule] = {
     "strength": number(0, 1),
     "overwrite": boolean,
     "compile": boolean,
+    "backend": choice(*BACKENDS),
     "fiftyone.dataset": text(null=True),
 }
 
@@ -142,6 +143,7 @@ def stylize_files(
     tile: int | str | None = "auto",
     torch_compile: bool = False,
     video: VideoSettings | None = None,
+    backend: str = "auto",
 ) -> int:
     """Stylize every input image and video with every style; returns the number of inputs that failed
     (unreadable, or videos that ended early and were written in part).
@@ -154,7 +156,7 @@ def stylize_files(
         raise UserError(f"strength must be between 0 and 1, got {strength}")
     video = video or VideoSettings()
     sources = find_inputs(inputs)
-    stylizers = [Stylizer.load(style, device, precision, tile, torch_compile) for style in styles]
+    stylizers = [Stylizer.load(style, device, precision, tile, torch_compile, backend) for style in styles]
     names = unique_names([s.name for s in stylizers])  # two models of one style: wave, wave_2
     destinations = plan_outputs(sources, names, output, overwrite)
     plan = [(src, s, destinations[src, name]) for src in sources for s, name in zip(stylizers, names)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "samples"
 STYLES = ROOT / "data" / "styles"
 SHARED_DATA = ROOT.parent / "shared" / "data"  # beside the checkout, as CI lays it out; may be absent
+
+# ONNX Runtime's exported graphs (backend=auto on a CPU) go to a folder of this test session, not the user's cache;
+# subprocesses (stylize.py) inherit it.
+os.environ["FAST_STYLE_CACHE"] = tempfile.mkdtemp(prefix="fast-style-cache-")
 
 
 def photo(name: str | None = None, size: int = 64) -> torch.Tensor:
@@ -67,10 +72,10 @@ def model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stylizer(model_file):
-    """The tiny model of ``model_file``, loaded for stylizing on the CPU in fp32."""
+    """The tiny model of ``model_file`` in fp32 PyTorch on the CPU (ONNX Runtime has its own tests)."""
     from fast_style.inference import Stylizer
 
-    return Stylizer.load(model_file, device="cpu", precision="fp32")
+    return Stylizer.load(model_file, device="cpu", precision="fp32", backend="torch")
 
 
 @pytest.fixture(scope="session")

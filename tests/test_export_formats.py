@@ -41,6 +41,7 @@ def test_onnx_runs_in_onnxruntime_and_matches_eager_at_two_sizes(net, tmp_path):
     import onnxruntime
 
     export_onnx(net, tmp_path / "m.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # one file: the weights are inside it
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for x in inputs():
         (out,) = session.run(None, {"image": x.numpy()})

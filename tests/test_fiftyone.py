@@ -161,7 +161,7 @@ def comparison(fiftyone, models, tmp_path_factory) -> str:
     for photo in PHOTOS[:3]:
         Image.open(photo).resize((96, 64)).save(photos / photo.name)
     stylize_files([str(models[0]), str(models[1])], str(photos), str(photos.parent / "stylized"), "cpu", "fp32",
-                  fiftyone_dataset="comparison")  # fmt: skip
+                  fiftyone_dataset="comparison", backend="torch")  # fmt: skip
     return "comparison"
 
 
@@ -203,7 +203,7 @@ def test_results_browser_gives_another_model_of_a_style_its_own_slice(fiftyone, 
     before = samples_in(dataset)
     for _ in range(2):  # the second run changes nothing
         stylize_files([str(models[2])], str(photos), str(photos.parent / "later"), "cpu", "fp32", overwrite=True,
-                      fiftyone_dataset=comparison)  # fmt: skip
+                      fiftyone_dataset=comparison, backend="torch")  # fmt: skip
         dataset.reload()
         assert samples_in(dataset) == before + 3 and len(dataset) == 3
     assert sorted(dataset.group_slices) == ["content", "starry", "starry_2", "wave"]

@@ -170,6 +170,7 @@ def test_overwrite_no_never_overwrites(model_file, tmp_path, spelling):
         (("input=/nowhere/*.jpg",), "matches no image or video file"),
         (("strength=2",), "strength=2 is not a number from 0 to 1"),
         (("precision=fp8",), "precision='fp8' is not one of auto, fp32, fp16, bf16"),
+        (("backend=tensorrt",), "backend='tensorrt' is not one of auto, torch, onnxruntime"),
         (("strength=abc",), "strength='abc' is not a number from 0 to 1"),
         (("max_size=0",), "max_size=0 is not an integer from 1"),
         (("max_size=big",), "max_size='big' is not an integer"),
@@ -192,7 +193,9 @@ def test_stylize_mistakes_are_one_clear_line(model_file, tmp_path, overrides, me
 def stylize_quietly(styles: list, inputs: Path, output: Path | str, **options) -> int:
     from fast_style.stylize_files import stylize_files
 
-    return stylize_files([str(s) for s in styles], str(inputs), str(output), device="cpu", precision="fp32", **options)
+    return stylize_files(
+        [str(s) for s in styles], str(inputs), str(output), device="cpu", precision="fp32", backend="torch", **options
+    )
 
 
 def files_below(folder: Path) -> list[str]:

@@ -95,8 +95,10 @@ def test_exported_model_reproduces_the_trained_network(trained):
 def test_training_checkpoints_stylize_like_the_exported_model(trained):
     from fast_style import Stylizer
 
-    from_ckpt = Stylizer.load(only_run(trained / "logs") / "checkpoints" / "step000030.ckpt", "cpu", "fp32")
-    from_export = Stylizer.load(trained / "model.safetensors", "cpu", "fp32")
+    from_ckpt = Stylizer.load(
+        only_run(trained / "logs") / "checkpoints" / "step000030.ckpt", "cpu", "fp32", backend="torch"
+    )
+    from_export = Stylizer.load(trained / "model.safetensors", "cpu", "fp32", backend="torch")
     x = photo(size=64)
     assert from_export.metadata["steps"] == 30  # (runs before the resume test, which extends the run)
     assert torch.equal(from_ckpt.stylize_tensor(x), from_export.stylize_tensor(x))

@@ -274,8 +274,8 @@ def test_clip_statistics_of_identical_frames_are_each_frames_own(stylizer):
 
 
 def test_shared_statistics_also_reach_tiled_frames(model_file):
-    whole = Stylizer.load(model_file, device="cpu", precision="fp32", tile=None)
-    tiled = Stylizer.load(model_file, device="cpu", precision="fp32", tile=64)
+    whole = Stylizer.load(model_file, device="cpu", precision="fp32", tile=None, backend="torch")
+    tiled = Stylizer.load(model_file, device="cpu", precision="fp32", tile=64, backend="torch")
     frames = noisy_still(3, size=(160, 120))
     expected = whole.stylize_tensor(frames, MovingAverage(0.8))
     assert (expected - whole.stylize_tensor(frames)).abs().max() > 1e-3  # the statistics matter here
