@@ -1,6 +1,6 @@
 """Flicker, style and speed of each ``video.stabilize`` mode, on clips whose true motion is known.
 
-    python benchmarks/video.py --style checkpoints/starry_night.safetensors [--frames 8] [--size 320x180]
+    python benchmarks/video.py --style checkpoints/wave.safetensors [--frames 8] [--size 320x180]
         [--speed-size 640x360] [--strip docs/video_strip.png]
 
 Clips are made from real photos (``../shared/data/content`` beside the checkout, else ``data/samples``)
@@ -114,7 +114,7 @@ def speed(stylizer: Stylizer, mode: str, size: tuple[int, int], frames: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--style", default=str(ROOT / "checkpoints" / "starry_night.safetensors"))
+    parser.add_argument("--style", default=str(ROOT / "checkpoints" / "wave.safetensors"))
     parser.add_argument("--loss-style", default=None, help="configs/style/ name to measure the style term with")
     parser.add_argument("--content", default=None, help="folder of photos (default ../shared/data/content)")
     parser.add_argument("--photos", type=int, default=2, help="photos used; each gives a pan, a zoom and a still")

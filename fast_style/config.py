@@ -62,6 +62,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "loss.content_weight": number(0),
     "loss.style_weight": number(0),
     "loss.tv_weight": number(0),
+    "loss.temporal_weight": number(0),
     "model.norm": text(),
     "model.upsample": text(),
     "model.width": number(positive=True),

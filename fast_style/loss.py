@@ -72,6 +72,7 @@ class PerceptualLoss(nn.Module):
         style_weight: float = 1.0,
         tv_weight: float = 0.0,
         pooling: str = "max",
+        temporal_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -91,6 +92,7 @@ class PerceptualLoss(nn.Module):
             ("content_weight", content_weight),
             ("style_weight", style_weight),
             ("tv_weight", tv_weight),
+            ("temporal_weight", temporal_weight),
         ):
             if value < 0:
                 raise UserError(f"loss.{name} must be >= 0, got {value}")
@@ -99,6 +101,8 @@ class PerceptualLoss(nn.Module):
             float(style_weight),
             float(tv_weight),
         )
+        # Needs the network, so the training step adds it (fast_style.temporal); kept here with the other weights.
+        self.temporal_weight = float(temporal_weight)
 
         order = layer_names(network)
         unknown = [name for name in self.content_layers + self.style_layers if name not in order]

@@ -19,6 +19,7 @@ from fast_style.data import Batch
 from fast_style.errors import UserError
 from fast_style.loss import PerceptualLoss
 from fast_style.network import TransformerNet
+from fast_style.temporal import temporal_error
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,11 @@ class StyleTransferModule(pl.LightningModule):
                 f"none of the training files could be read ({len(self.unreadable)} tried, e.g. "
                 f"{min(self.unreadable)}); check them with python -m fast_style.data check DIR"
             )
-        terms = self.loss(self.net(batch), batch)
+        output = self.net(batch)
+        terms = self.loss(output, batch)
+        if self.loss.temporal_weight:
+            terms["temporal"] = temporal_error(self, batch, output)
+            terms["loss"] = terms["loss"] + self.loss.temporal_weight * terms["temporal"]
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         return terms["loss"]
@@ -91,6 +96,10 @@ class StyleTransferModule(pl.LightningModule):
             return
         output = self.net(batch)
         terms = self.loss(output, batch)
+        # Logged for every run (one more forward pass), so runs can be compared for flicker; the same camera
+        # motions at every validation.
+        terms["temporal"] = temporal_error(self, batch, output, torch.Generator().manual_seed(batch_idx))
+        terms["loss"] = terms["loss"] + self.loss.temporal_weight * terms["temporal"]
         # sync_dist: with several processes each validates its share of the photos; log the mean over all of them.
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
         # hp_metric: the number TensorBoard's HPARAMS tab shows next to each run's settings.

@@ -168,9 +168,10 @@ def estimate_motion(current: torch.Tensor, previous: torch.Tensor, levels: int =
 
 
 def move(image: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, C, H, W) ``image`` sampled at ``theta`` (bicubic, so repeated moves blur little), and a (1, 1, H, W)
-    mask of the pixels that came from inside it."""
-    grid = F.affine_grid(theta[None].to(image), [1, 1, *image.shape[-2:]], align_corners=False)
+    """(N, C, H, W) ``image`` sampled at ``theta`` ((2, 3), or (N, 2, 3): one map per image; bicubic, so repeated
+    moves blur little), and an (N, 1, H, W) mask of the pixels that came from inside it."""
+    theta = theta if theta.dim() == 3 else theta.expand(len(image), 2, 3)
+    grid = F.affine_grid(theta.to(image), [len(image), 1, *image.shape[-2:]], align_corners=False)
     moved = F.grid_sample(image, grid, mode="bicubic", align_corners=False, padding_mode="border")
     return moved, (grid.abs() <= 1).all(-1)[:, None].to(image)
 

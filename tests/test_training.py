@@ -60,6 +60,7 @@ def test_tensorboard_gets_losses_per_layer_images_and_hparams(trained):
     acc = events(only_run(trained / "logs"))
     scalars = set(acc.Tags()["scalars"])
     expected = {"train/loss", "train/content", "train/style", "train/tv", "val/loss", "hp_metric", "lr-Adam"}
+    expected |= {"val/temporal"}  # every run measures how well it follows a camera motion
     expected |= {f"train/style/{layer}" for layer in ("relu1_2", "relu2_2", "relu3_4", "relu4_4")}
     assert expected <= scalars
     images = acc.Images("val/stylized")
@@ -158,6 +159,7 @@ def test_an_existing_model_file_is_never_overwritten(trained, tmp_path):
         (("trainer.max_stepz=3",), "train has no option 'trainer.max_stepz'"),
         (("optimizer.lr=fast",), "optimizer.lr='fast' is not a number > 0"),
         (("trainer.precision=bf17",), "trainer.precision='bf17' is not one of"),
+        (("loss.temporal_weight=-1",), "loss.temporal_weight=-1 is not a number from 0"),
         (("export.overwrite=maybe",), "export.overwrite='maybe' is not true or false"),
         (("data.root=photos/café",), "quote such a value for Hydra"),
         (("export.path={a_file}/model.safetensors",), "cannot write the model file (export.path) to"),
@@ -180,6 +182,17 @@ def test_user_mistakes_are_one_clear_line(tmp_path, overrides, message):
     assert result.returncode == 2, result.stderr[-2000:]
     assert lines[-1].startswith("error: ") and message in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_the_temporal_term_is_logged_and_weighted_into_the_training_loss(tmp_path):
+    run_train(tmp_path, *FAST, "loss.temporal_weight=50", "trainer.max_steps=3", "trainer.log_every_n_steps=1")
+    acc = events(only_run(tmp_path / "logs"))
+    term = {name: [e.value for e in acc.Scalars(f"train/{name}")] for name in ("loss", "content", "style", "tv")}
+    temporal = [e.value for e in acc.Scalars("train/temporal")]
+    assert len(temporal) == 3 and all(t > 0 for t in temporal)
+    for step in range(3):  # starry_night's weights: content 1, style 2, tv 2
+        parts = term["content"][step] + 2 * term["style"][step] + 2 * term["tv"][step] + 50 * temporal[step]
+        assert term["loss"][step] == pytest.approx(parts, rel=1e-4)
 
 
 def test_logger_many_writes_tensorboard_and_csv_into_the_run_folder(tmp_path):
