@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torchvision.utils import make_grid
 
 from fast_style.data import Batch
@@ -29,6 +30,20 @@ def write_lines(path: Path, lines: list[str]) -> None:
     written back as its original bytes instead of failing at the end of a long run."""
     with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.writelines(f"{line}\n" for line in lines)
+
+
+def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """The learning rate rising linearly over ``warmup_steps``, then falling along a cosine to zero at
+    ``total_steps``. The warm-up protects a warm start (``init=``): Adam's first steps move every weight by about
+    the learning rate whatever its gradient, and at 2e-3 one such step took a trained network's loss from 8 to 88."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
 
 
 class StyleTransferModule(pl.LightningModule):

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -77,6 +78,23 @@ def test_model_group_builds_the_network_with_its_options():
     net = instantiate(compose_train("model.upsample=nearest", "model.width=0.5").model)
     assert isinstance(net, TransformerNet) and net.config()["upsample"] == "nearest" and net.width == 0.5
     assert instantiate(compose_train("model=light").model).width == 0.5
+
+
+def test_the_cpu_recipe_warms_up_for_30_steps_then_decays_along_a_cosine_to_zero():
+    cfg = compose_train("experiment=cpu", "style=wave")
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    rates = []
+    for _ in range(cfg.trainer.max_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = cfg.optimizer.lr
+    assert rates[0] == pytest.approx(peak / 31) and rates[14] == pytest.approx(peak * 15 / 31)  # linear warm-up
+    assert max(rates) == pytest.approx(peak) and rates.index(max(rates)) == 30
+    middle = 30 + (cfg.trainer.max_steps - 30) // 2
+    assert rates[middle] == pytest.approx(peak / 2, rel=0.02)  # half-way through the decay: half the rate
+    assert rates[-1] < 0.001 * peak and all(a >= b for a, b in itertools.pairwise(rates[30:]))
 
 
 def test_quickstart_trains_on_the_bundled_photos():
