@@ -282,6 +282,8 @@ class Yardstick:
         # relative in a model file): every model trained for the same objective shares the results.
         objective = {k: v for k, v in self.describe().items() if k not in ("objective", "image")}
         objective["images"] = [image["sha256"] for image in objective["images"]]
+        # The temporal weight is a training term between two views of a crop; one image's objective has none.
+        objective["loss"] = {k: v for k, v in objective["loss"].items() if k != "temporal_weight"}
         key = json.dumps(
             [objective, file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
             sort_keys=True,
