@@ -75,10 +75,10 @@ def pick_backend(backend: str, device: torch.device, precision: str, torch_compi
     PyTorch on both CPU kinds we have, README "Speed"), else PyTorch."""
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    cpu_fp32 = device.type == "cpu" and precision in ("auto", "fp32") and not torch_compile
     if backend == "auto":
-        cpu_fp32 = device.type == "cpu" and precision in ("auto", "fp32") and not torch_compile
         return "onnxruntime" if cpu_fp32 and has_onnxruntime() else "torch"
-    if backend == "onnxruntime" and (device.type != "cpu" or precision not in ("auto", "fp32") or torch_compile):
+    if backend == "onnxruntime" and not cpu_fp32:
         raise UserError("backend=onnxruntime runs in fp32 on the CPU: use device=cpu precision=auto compile=false")
     return backend
 

@@ -99,11 +99,21 @@ class StyleTransferModule(pl.LightningModule):
         output = self.net(batch)
         terms = self.loss(output, batch)
         if self.loss.temporal_weight:
-            terms["temporal"] = temporal_error(self, batch, output)
-            terms["loss"] = terms["loss"] + self.loss.temporal_weight * terms["temporal"]
+            self._add_temporal(terms, batch, output)
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         return terms["loss"]
+
+    def _add_temporal(
+        self,
+        terms: dict[str, torch.Tensor],
+        batch: torch.Tensor,
+        output: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """The temporal term (fast_style.temporal) into ``terms``, and its weighted share into the total."""
+        terms["temporal"] = temporal_error(self, batch, output, generator)
+        terms["loss"] = terms["loss"] + self.loss.temporal_weight * terms["temporal"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         batch = self._readable(batch)
@@ -113,8 +123,7 @@ class StyleTransferModule(pl.LightningModule):
         terms = self.loss(output, batch)
         # Logged for every run (one more forward pass), so runs can be compared for flicker; the same camera
         # motions at every validation.
-        terms["temporal"] = temporal_error(self, batch, output, torch.Generator().manual_seed(batch_idx))
-        terms["loss"] = terms["loss"] + self.loss.temporal_weight * terms["temporal"]
+        self._add_temporal(terms, batch, output, torch.Generator().manual_seed(batch_idx))
         # sync_dist: with several processes each validates its share of the photos; log the mean over all of them.
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
         # hp_metric: the number TensorBoard's HPARAMS tab shows next to each run's settings.

@@ -7,12 +7,13 @@ takes 10–20 s, so each exported graph is kept in a cache folder under a hash o
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -20,35 +21,27 @@ from fast_style.errors import UserError
 from fast_style.files import atomic_path
 from fast_style.network import TransformerNet
 
+ONNX_EXTRA = ("onnxruntime", "onnx", "onnxscript")  # the runtime; torch.onnx's exporter needs the other two
 MIN_SIDE = 8  # the exported graph's smallest height and width (the first layer's reflection padding needs 4 px)
 
 
 def has_onnxruntime() -> bool:
     """Whether the onnx extra is installed: ONNX Runtime and what exporting to it needs."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
+    return all(importlib.util.find_spec(name) is not None for name in ONNX_EXTRA)
 
 
-def check_onnx(what: str) -> None:
-    """Raise one line naming ``what`` unless torch.onnx's exporter can run: it needs onnx and onnxscript."""
+def require_onnx(what: str, packages: Sequence[str] = ONNX_EXTRA) -> None:
+    """Raise one line naming ``what`` and how to install the onnx extra unless ``packages`` (of it) import."""
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
+        for name in packages:
+            importlib.import_module(name)
     except ImportError as e:
         raise UserError(f"{what} needs the onnx extra ({e}): pip install 'fast-style[onnx]'") from e
-
-
-def import_onnxruntime(what: str) -> ModuleType:
-    """The onnxruntime package, or one line naming ``what`` that needs it and how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise UserError(f"{what} needs the onnx extra ({e}): pip install 'fast-style[onnx]'") from e
-    return onnxruntime
 
 
 def export_onnx(net: TransformerNet, path: str | Path, opset: int = 18) -> None:
     """ONNX with dynamic batch, height and width (sides of at least 8 px), input and output in [0, 1], in one file."""
-    check_onnx("format=onnx")
+    require_onnx("format=onnx", ("onnx", "onnxscript"))
     net = net.float().eval().to(memory_format=torch.contiguous_format)
     example = torch.rand(1, 3, 64, 48)
     dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=MIN_SIDE, max=16384)}
@@ -81,8 +74,9 @@ class OnnxRuntimeNet:
     """A network run by ONNX Runtime on the CPU, in fp32, on images with both sides of at least ``MIN_SIDE``."""
 
     def __init__(self, net: TransformerNet, name: str = "the model") -> None:
-        ort = import_onnxruntime("backend=onnxruntime")
-        check_onnx("backend=onnxruntime")
+        require_onnx("backend=onnxruntime")
+        import onnxruntime as ort
+
         self.path = cache_dir() / "onnx" / f"{network_hash(net)}.onnx"
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # honour OMP_NUM_THREADS / torch.set_num_threads
@@ -95,13 +89,17 @@ class OnnxRuntimeNet:
         if not cached:
             print(f"exporting {name} to ONNX for ONNX Runtime (once; kept in {self.path.parent})", file=sys.stderr)
             export_onnx(net, self.path)
+
+        def session() -> ort.InferenceSession:
+            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = session()
         except Exception:
             if not cached:
                 raise
             export_onnx(net, self.path)  # a damaged cache file (a disk error, a foreign file): export it again
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = session()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] on the CPU → stylized (N, 3, H, W) in [0, 1], float32."""
