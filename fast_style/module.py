@@ -101,6 +101,8 @@ class StyleTransferModule(pl.LightningModule):
         if self.loss.temporal_weight:
             self._add_temporal(terms, batch, output)
         self.log("train/loss", terms["loss"], prog_bar=True)
+        # The crop size, which data.size_schedule (progressive resolution) changes during the run.
+        self.log("train/image_size", float(batch.shape[-1]))
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         return terms["loss"]
 

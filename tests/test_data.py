@@ -298,3 +298,40 @@ def test_training_crops_are_square_cuts_of_the_photo_not_stretched(tmp_path):
         across = int((crop[20, 1:] != crop[20, :-1]).sum())
         down = int((crop[1:, 20] != crop[:-1, 20]).sum())
         assert abs(across - down) <= 1, (across, down)
+
+
+def test_progressive_resolution_switches_crop_size_at_the_scheduled_steps_across_epochs():
+    # 12 photos in batches of 5 are 2 steps an epoch (the last 2 photos dropped): steps 0-1, 2-3, 4-5.
+    torch.manual_seed(0)
+    module = ImageFolderDataModule(
+        str(SAMPLES), val_root=None, image_size=32, batch_size=5, num_workers=1, size_schedule=[[3, 48], [5, 64]]
+    )
+    module.setup()
+    loader = module.train_dataloader()
+    sizes = []
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        sizes += [tuple(images.shape[-2:]) for images, _ in loader]
+    assert sizes == [(32, 32)] * 3 + [(48, 48)] * 2 + [(64, 64)]
+
+
+def test_progressive_resolution_keeps_each_steps_size_when_resumed_mid_epoch():
+    torch.manual_seed(0)
+    module = ImageFolderDataModule(str(SAMPLES), val_root=None, image_size=32, batch_size=2, size_schedule=[[2, 48]])
+    module.setup()
+    full = [images for images, _ in module.train_dataloader()]
+    module.samples_done = lambda: 2  # resumed after the first step of the epoch
+    resumed = [images for images, _ in module.train_dataloader()]
+    assert [tuple(x.shape) for x in full] == [(2, 3, 32, 32)] * 2 + [(2, 3, 48, 48)] * 4
+    for before, after in zip(full[1:], resumed, strict=True):  # the same crops, at the same sizes
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "schedule", [256, [[0, 256]], [[5, 256], [3, 128]], [[5, 256], [5, 128]], [["soon", 256]], [[1, 2, 3]]]
+)
+def test_a_size_schedule_that_is_not_increasing_steps_and_sizes_is_one_line(schedule):
+    with pytest.raises(UserError, match=r"data.size_schedule must be \[\[step, size\], ...\]"):
+        ImageFolderDataModule(str(SAMPLES), size_schedule=schedule)
+    with pytest.raises(UserError, match="data.size_schedule must be a multiple of 4 and at least 16, got 250"):
+        ImageFolderDataModule(str(SAMPLES), size_schedule=[[5, 250]])

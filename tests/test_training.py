@@ -388,3 +388,18 @@ def test_the_progress_bar_counts_the_whole_run_not_each_epoch(tmp_path):
     result = run_train(tmp_path, *FAST, "trainer.max_steps=9", "data.batch_size=2", "export.path=model.safetensors")
     output = result.stdout + result.stderr
     assert "9/9" in output and "/6 " not in output and "Training (epoch 1)" in output
+
+
+def test_warmup_cosine_and_progressive_resolution_do_what_the_config_says(tmp_path):
+    # 12 photos in batches of 2: 6 steps an epoch, so the switch to 96 px at step 6 falls in the second epoch.
+    run_train(
+        tmp_path, *FAST, "trainer.max_steps=8", "trainer.log_every_n_steps=1", "data.batch_size=2",
+        "scheduler=warmup_cosine", "scheduler.warmup_steps=3", "optimizer.lr=1e-3", "data.size_schedule=[[6,96]]",
+        "export.path=model.safetensors",
+    )  # fmt: skip
+    run = events(only_run(tmp_path / "logs"))
+    assert {e.step: e.value for e in run.Scalars("train/image_size")} == {**dict.fromkeys(range(6), 64), 6: 96, 7: 96}
+    # Linear warm-up to the peak over 3 steps, then a cosine from the peak to 0 at step 8.
+    expected = [0.25, 0.5, 0.75] + [0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]
+    learning_rates = {e.step: e.value for e in run.Scalars("lr-Adam")}
+    assert [learning_rates[step] for step in range(8)] == pytest.approx([1e-3 * f for f in expected], rel=1e-5)
