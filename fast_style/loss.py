@@ -123,7 +123,7 @@ class PerceptualLoss(nn.Module):
         total = sum(blend)
         targets = {layer: 0.0 for layer in self.style_layers}
         for image, weight in zip(images, blend):
-            features = self.vgg(image.to(self.vgg.scale.device), self.style_layers)
+            features = self.vgg(image.to(self.vgg.mean.device), self.style_layers)
             for layer in self.style_layers:
                 targets[layer] = targets[layer] + gram_matrix(features[layer]) * (weight / total)
         for layer, gram in targets.items():

