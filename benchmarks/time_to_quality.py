@@ -60,7 +60,7 @@ def parse_named(values: list[str], what: str) -> dict[str, str]:
 def training_command(style: str, overrides: str, args: argparse.Namespace, folder: Path) -> list[str]:
     """``train.py`` for one recipe on one style, with snapshots at every budget, stopped after the largest."""
     recipe = shlex.split(overrides)
-    steps = [] if any(o.startswith("trainer.max_steps=") for o in recipe) else ["trainer.max_steps=1000000"]
+    steps = [] if sets_max_steps(style, recipe) else ["trainer.max_steps=1000000"]
     return [
         sys.executable,
         str(ROOT / "train.py"),
@@ -75,6 +75,17 @@ def training_command(style: str, overrides: str, args: argparse.Namespace, folde
         f"hydra.run.dir={folder / 'run'}",
         *recipe,
     ]
+
+
+def sets_max_steps(style: str, recipe: list[str]) -> bool:
+    """Whether the recipe chooses its own step count, on the command line or through a config it selects
+    (``experiment=cpu``): its warm-up + cosine schedule then decays over those steps, as a user's run would."""
+    from fast_style.config import compose_train_config
+
+    if any(o.startswith("trainer.max_steps=") for o in recipe):
+        return True
+    default = compose_train_config([f"style={style}"]).trainer.max_steps
+    return compose_train_config([f"style={style}", *recipe]).trainer.max_steps != default
 
 
 def train_recipes(jobs: dict[str, tuple[str, str]], args: argparse.Namespace) -> dict[tuple[str, float], Path]:
@@ -92,10 +103,8 @@ def train_recipes(jobs: dict[str, tuple[str, str]], args: argparse.Namespace) ->
         log = open(folder / "train.log", "w")  # noqa: SIM115 (closed when the process ends, below)
         running.append((name, subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT), log))
         if not args.parallel:
-            wait(*running.pop(), time.monotonic())
-    start = time.monotonic()
-    for job in running:
-        wait(*job, start)
+            wait(running, time.monotonic())
+    wait(running, time.monotonic())
     models = {}
     for name in jobs:
         folder = args.work / name
@@ -109,11 +118,22 @@ def train_recipes(jobs: dict[str, tuple[str, str]], args: argparse.Namespace) ->
     return models
 
 
-def wait(name: str, process: subprocess.Popen, log: IO[str], start: float) -> None:
-    if process.wait() != 0:
-        sys.exit(f"error: training {name} failed; see {log.name}")
-    log.close()
-    print(f"{name}: trained, {(time.monotonic() - start) / 60:.1f} min of wall time", flush=True)
+def wait(running: list[tuple[str, subprocess.Popen, IO[str]]], start: float) -> None:
+    """Wait for every running training, emptying the list. If one fails, stop the others (they would go on
+    training for nothing) and exit."""
+    while running:
+        for job in list(running):
+            name, process, log = job
+            if process.poll() is None:
+                continue
+            running.remove(job)
+            log.close()
+            if process.returncode != 0:
+                for _, other, _ in running:
+                    other.terminate()
+                sys.exit(f"error: training {name} failed; see {log.name}")
+            print(f"{name}: trained, {(time.monotonic() - start) / 60:.1f} min of wall time", flush=True)
+        time.sleep(1)
 
 
 def max_time(minutes: float) -> str:

@@ -279,8 +279,9 @@ class Yardstick:
         if self.cache is None:
             return None
         # Not where the objective was read from, nor how its style image's path was written (absolute in a config,
-        # relative in a model file): every model trained for the same objective shares the results.
-        objective = {k: v for k, v in self.describe().items() if k not in ("objective", "image")}
+        # relative in a model file), nor the style's name (wave_light is wave's objective): every model trained for
+        # the same objective shares the results.
+        objective = {k: v for k, v in self.describe().items() if k not in ("objective", "image", "name")}
         objective["images"] = [image["sha256"] for image in objective["images"]]
         # The temporal weight is a training term between two views of a crop; one image's objective has none.
         objective["loss"] = {k: v for k, v in objective["loss"].items() if k != "temporal_weight"}
