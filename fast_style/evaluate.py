@@ -378,7 +378,8 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         objectives = [(f"configs/style/{name}.yaml", *config_objective(name, overrides)) for name in names]
     else:  # what each model was trained to minimise
         objectives = [own_objective(entry, s) for entry, s in zip(entries, stylizers)]
-    keys = [json.dumps([style, loss], sort_keys=True, default=str) for _, style, loss in objectives]
+    # Models with one objective share one yardstick (the optimizer runs once), whatever their styles are called.
+    keys = [json.dumps([{**style, "name": None}, loss], sort_keys=True, default=str) for _, style, loss in objectives]
     cache = Path(str(cfg.cache)).expanduser() if cfg.cache else None
     yardsticks: dict[str, Yardstick] = {}
     for key, (source, style, loss) in zip(keys, objectives):
@@ -391,8 +392,9 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     models = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
-        for index, (entry, stylizer, key) in enumerate(zip(entries, stylizers, keys)):
+        for index, (entry, stylizer, key, (source, style, _)) in enumerate(zip(entries, stylizers, keys, objectives)):
             result, grid = evaluate_model(entry, stylizer, yardsticks[key], photos, cfg, progress)
+            result["yardstick"].update(objective=source, name=style["name"])  # this model's, not its twin's
             grid_path = output / f"grid_{index}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', stylizer.name)}.jpg"
             save_image(to_image(grid.unsqueeze(0)), grid_path)
             result["grid"] = str(grid_path)

@@ -224,9 +224,14 @@ def test_a_model_is_measured_by_its_own_recorded_objective_unless_told_otherwise
     assert cached == [".json", ".png"]
     twin = tmp_path / "twin.safetensors"
     save_model(TransformerNet(width=0.25), twin, {**recorded, "style": {**recorded["style"], "name": "my_wave_light"}})
-    again = main([f"style={twin}", *settings, f"output={tmp_path / 'again'}"])["models"][0]
-    assert again["images"][0]["optimizer"] == own["images"][0]["optimizer"]
+    both = main([f"style=[{model},{twin}]", *settings, f"output={tmp_path / 'again'}"])["models"]
+    assert both[1]["images"][0]["optimizer"] == both[0]["images"][0]["optimizer"] == own["images"][0]["optimizer"]
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == cached  # nothing new was optimized
+    # Each is reported with its own record, though one yardstick served both.
+    assert [(m["yardstick"]["objective"], m["yardstick"]["name"]) for m in both] == [
+        (str(model), "my_wave"),
+        (str(twin), "my_wave_light"),
+    ]
 
     other = main([f"style={model}", *settings, "loss_style=wave", "style.size=128", f"output={tmp_path / 'cfg'}"])
     yardstick = other["models"][0]["yardstick"]
