@@ -138,10 +138,10 @@ def main() -> None:
     stylizer = Stylizer.load(args.style)
     # The model's own recorded objective (style image, loss settings), or configs/style/<--loss-style>.yaml.
     if args.loss_style:
-        objective = (f"configs/style/{args.loss_style}.yaml", *config_objective(args.loss_style, []))
+        style, loss = config_objective(args.loss_style, [])
     else:
-        objective = own_objective(args.style, stylizer)
-    yardstick = Yardstick(*objective, stylizer.device)
+        _, style, loss = own_objective(args.style, stylizer)
+    yardstick = Yardstick(style, loss, stylizer.device)
     clips = []
     for path in photos:
         photo = to_tensor(load_rgb(path))

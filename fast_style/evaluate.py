@@ -214,27 +214,36 @@ def config_objective(name: str, overrides: list[str]) -> tuple[dict[str, Any], d
     return style, loss
 
 
+def describe_objective(source: str, style: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
+    """An objective as the report gives it: style settings, images (path and sha256), loss settings, and where it
+    was read from."""
+    images = [{"path": str(p), "sha256": file_sha256(p)} for p in as_list(style["image"])]
+    loss = {k: v for k, v in loss.items() if k != "_target_"}
+    return {**style, "images": images, "loss": loss, "objective": source}
+
+
+def objective_identity(style: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
+    """What the optimizer's results depend on, so that every model trained for one objective shares them: not where
+    the objective was read from, nor how its style image's path was written (absolute in a config, relative in a
+    model file), nor the style's name (wave_light is wave's objective)."""
+    identity = {k: v for k, v in describe_objective("", style, loss).items() if k not in ("objective", "image", "name")}
+    identity["images"] = [image["sha256"] for image in identity["images"]]
+    # The temporal weight is a training term between two views of a crop; one image's objective has none.
+    identity["loss"] = {k: v for k, v in identity["loss"].items() if k != "temporal_weight"}
+    return identity
+
+
 class Yardstick:
     """One objective (style image + loss settings), the photos' content features, and the optimizer's results
     per photo, computed once and shared by every model measured against it."""
 
     def __init__(
-        self,
-        source: str,
-        style: dict[str, Any],
-        loss: dict[str, Any],
-        device: torch.device,
-        cache: Path | None = None,
+        self, style: dict[str, Any], loss: dict[str, Any], device: torch.device, cache: Path | None = None
     ) -> None:
-        self.source, self.style, self.loss_settings, self.cache = source, style, loss, cache
+        self.identity, self.cache = objective_identity(style, loss), cache
         self.loss: PerceptualLoss = build_loss(OmegaConf.create({"style": style, "loss": loss})).to(device).eval()
         self.device = device
         self.optimized: dict[Path, tuple[dict[int, dict[str, float]], torch.Tensor]] = {}
-
-    def describe(self) -> dict[str, Any]:
-        images = [{"path": str(p), "sha256": file_sha256(p)} for p in as_list(self.style["image"])]
-        loss = {k: v for k, v in self.loss_settings.items() if k != "_target_"}
-        return {**self.style, "images": images, "loss": loss, "objective": self.source}
 
     @torch.no_grad()
     def measure(self, image: torch.Tensor, content: torch.Tensor, features: dict[str, torch.Tensor]) -> dict:
@@ -278,15 +287,8 @@ class Yardstick:
         the name is a hash of everything they depend on, so a changed setting never reads stale numbers."""
         if self.cache is None:
             return None
-        # Not where the objective was read from, nor how its style image's path was written (absolute in a config,
-        # relative in a model file), nor the style's name (wave_light is wave's objective): every model trained for
-        # the same objective shares the results.
-        objective = {k: v for k, v in self.describe().items() if k not in ("objective", "image", "name")}
-        objective["images"] = [image["sha256"] for image in objective["images"]]
-        # The temporal weight is a training term between two views of a crop; one image's objective has none.
-        objective["loss"] = {k: v for k, v in objective["loss"].items() if k != "temporal_weight"}
         key = json.dumps(
-            [objective, file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
+            [self.identity, file_sha256(path), list(content.shape), iterations, seed, str(self.device)],
             sort_keys=True,
             default=str,
         )
@@ -302,9 +304,16 @@ def mean_of(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_model(
-    entry: str, stylizer: Stylizer, yardstick: Yardstick, photos: list[Path], cfg: DictConfig, progress: Progress
+    entry: str,
+    stylizer: Stylizer,
+    objective: dict[str, Any],
+    yardstick: Yardstick,
+    photos: list[Path],
+    cfg: DictConfig,
+    progress: Progress,
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Every measurement of one model on every photo, and its image grid (content | network | optimizer)."""
+    """Every measurement of one model on every photo, and its image grid (content | network | optimizer);
+    ``objective`` is the model's own (:func:`describe_objective`), ``yardstick`` measures it and may be shared."""
     iterations = list(cfg.iterations)
     rows, tiles = [], []
     task = progress.add_task(f"{entry}: photos", total=len(photos))
@@ -340,7 +349,7 @@ def evaluate_model(
         "model": entry,
         "path": stylizer.metadata["path"],
         "steps": stylizer.metadata.get("steps"),
-        "yardstick": yardstick.describe(),
+        "yardstick": objective,
         "images": rows,
         "mean": mean,
     }
@@ -379,12 +388,12 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     else:  # what each model was trained to minimise
         objectives = [own_objective(entry, s) for entry, s in zip(entries, stylizers)]
     # Models with one objective share one yardstick (the optimizer runs once), whatever their styles are called.
-    keys = [json.dumps([{**style, "name": None}, loss], sort_keys=True, default=str) for _, style, loss in objectives]
+    keys = [json.dumps(objective_identity(style, loss), sort_keys=True, default=str) for _, style, loss in objectives]
     cache = Path(str(cfg.cache)).expanduser() if cfg.cache else None
     yardsticks: dict[str, Yardstick] = {}
-    for key, (source, style, loss) in zip(keys, objectives):
+    for key, (_, style, loss) in zip(keys, objectives):
         if key not in yardsticks:
-            yardsticks[key] = Yardstick(source, style, loss, device, cache)
+            yardsticks[key] = Yardstick(style, loss, device, cache)
     output = Path(str(cfg.output)).expanduser()
     output.mkdir(parents=True, exist_ok=True)
     iterations = list(cfg.iterations)
@@ -392,9 +401,9 @@ def evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     models = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
-        for index, (entry, stylizer, key, (source, style, _)) in enumerate(zip(entries, stylizers, keys, objectives)):
-            result, grid = evaluate_model(entry, stylizer, yardsticks[key], photos, cfg, progress)
-            result["yardstick"].update(objective=source, name=style["name"])  # this model's, not its twin's
+        for index, (entry, stylizer, key, objective) in enumerate(zip(entries, stylizers, keys, objectives)):
+            described = describe_objective(*objective)  # this model's own, though its yardstick may be a twin's
+            result, grid = evaluate_model(entry, stylizer, described, yardsticks[key], photos, cfg, progress)
             grid_path = output / f"grid_{index}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', stylizer.name)}.jpg"
             save_image(to_image(grid.unsqueeze(0)), grid_path)
             result["grid"] = str(grid_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def time_to_quality() -> ModuleType:
 def test_a_recipe_keeps_the_step_count_its_configs_choose(time_to_quality, recipe, own_steps):
     assert time_to_quality.sets_max_steps("starry_night", recipe) is own_steps
     command = time_to_quality.training_command(
-        "starry_night", " ".join(recipe), type("Args", (), {"data": ROOT, "budgets": [1, 2]}), ROOT
+        "starry_night", " ".join(recipe), argparse.Namespace(data=ROOT, budgets=[1, 2]), ROOT
     )
     assert ("trainer.max_steps=1000000" in command) is not own_steps
 
