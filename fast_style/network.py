@@ -204,12 +204,15 @@ def pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:
     Always pads (by 0 where the side is already a multiple of 4): one graph for every size, which is
     what ONNX export with dynamic height/width (sides of at least 8) needs. Reflection needs pad < side,
     so an image with a side under 8 (a 1×1 or 3×2 thumbnail) is padded by repeating its edge up to 8.
+    The amounts use floor division, not ``%``: torch.compile with symbolic sizes (PyTorch 2.14) fails on the
+    modulo of a size ("TensorReferenceAnalysis has no attribute python_mod").
     """
     h, w = x.shape[-2:]
     side = 8  # the first 9×9 convolution reflects 4 px (a local: TorchScript cannot read module constants)
+    pad_w, pad_h = (w + 3) // 4 * 4 - w, (h + 3) // 4 * 4 - h
     if min(h, w) < side:
-        return F.pad(x, (0, max(-w % 4, side - w), 0, max(-h % 4, side - h)), mode="replicate")
-    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="reflect")
+        return F.pad(x, (0, max(pad_w, side - w), 0, max(pad_h, side - h)), mode="replicate")
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
 
 
 def to_unit_range(y: torch.Tensor) -> torch.Tensor:
