@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> None:
             torch_compile=cfg.compile,
             video=VideoSettings(**cfg.video),
             backend=cfg.backend,
+            batch_size=cfg.batch_size,
         )
     sys.exit(1 if failed else 0)
 

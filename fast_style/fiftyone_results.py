@@ -21,7 +21,7 @@ GROUP_FIELD = "group"
 CONTENT_SLICE = "content"
 # What each stylization records, declared up front so that the types hold even when the first value is None.
 RESULT_FIELDS = {"style": "StringField", "model": "StringField", "steps": "IntField", "seconds": "FloatField"}
-# (content photo, model, output file, seconds to read + stylize + write it)
+# (content photo, model, output file, seconds to stylize it (its share of a batch) and write it)
 Stylization = tuple[Path, "Stylizer", Path, float]
 
 

@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -177,6 +178,8 @@ def test_overwrite_no_never_overwrites(model_file, tmp_path, spelling):
         (("device=5",), "device=5 is not auto, cpu, cuda, cuda:N or mps"),
         (("overwrite=maybe",), "overwrite='maybe' is not true or false"),
         (("preserve_color=sometimes",), "preserve_color='sometimes' is not true or false"),
+        (("batch_size=0",), "batch_size=0 is not auto or a positive integer"),
+        (("batch_size=many",), "batch_size='many' is not auto or a positive integer"),
         (("outptu=x",), "stylize has no option 'outptu'"),
         (("input=photos/café.jpg",), "quote such a value for Hydra"),
         (("input=a,b.jpg",), "add -m for a sweep"),
@@ -215,6 +218,39 @@ def test_same_names_in_one_run_give_separate_outputs(model_file, tmp_path):
     expected = [f"{stem}_{style}.jpg" for stem in ("2023/IMG_0001", "2024/IMG_0001") for style in ("tiny", "tiny_2")]
     expected += [f"{stem}_{style}.jpg" for stem in ("a", "a_2") for style in ("tiny", "tiny_2")]  # a_2: a.jpg
     assert files_below(tmp_path / "out") == sorted(expected)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batches_of_photos_give_each_photo_its_own_stylization(model_file, tmp_path, batch_size):
+    """Photos of equal size share a forward pass (batch_size; 8 on a GPU): each output is still its own photo's
+    stylization, as one at a time, at its own size; an unreadable file among them is skipped and said."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sizes = {"a": (40, 32), "b": (40, 32), "c": (40, 32), "d": (28, 36), "e": (40, 32)}
+    for i, (name, size) in enumerate(sizes.items()):
+        Image.open(sorted(SAMPLES.glob("*.jpg"))[i]).convert("RGB").resize(size).save(photos / f"{name}.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    assert stylize_quietly([model_file], photos, out, batch_size=batch_size) == 1
+    assert files_below(out) == [f"{name}_tiny.png" for name in sizes]
+    alone = Stylizer.load(model_file, "cpu", "fp32", backend="torch")
+    for name, size in sizes.items():
+        written = np.asarray(Image.open(out / f"{name}_tiny.png"), dtype=np.int16)
+        expected = np.asarray(alone(read_image(photos / f"{name}.png")), dtype=np.int16)
+        assert written.shape == (size[1], size[0], 3)
+        assert np.abs(written - expected).max() <= 1, name  # batched convolutions may round differently
+
+
+def test_batch_size_auto_batches_photos_on_a_gpu_only():
+    """On a CPU a batch is no faster and needs more memory; on a GPU one photo leaves most of it idle."""
+    from fast_style.stylize_files import resolve_batch_size
+
+    on = [SimpleNamespace(device=torch.device(kind)) for kind in ("cpu", "cuda")]
+    assert resolve_batch_size("auto", on[:1]) == 1
+    assert resolve_batch_size("auto", on) == 8
+    assert resolve_batch_size(5, on[:1]) == 5
+    with pytest.raises(UserError, match="not auto or a positive integer"):
+        resolve_batch_size(True, on)
 
 
 def test_a_style_name_from_model_metadata_never_leaves_the_output_folder(tmp_path):
