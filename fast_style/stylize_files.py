@@ -246,9 +246,9 @@ def stylize_files(
                         began = time.perf_counter()
                         outputs = stylizer.stylize_images([im for _, im in chunk], strength, preserve_color, max_size)
                         share = (time.perf_counter() - began) / len(chunk)
-                        for (src_, _), out in zip(chunk, outputs):
-                            dst = destinations[src_, name]
-                            saves.append((src_, dst, share, writer.submit(timed_save, out, dst)))
+                        for (photo, _), stylized in zip(chunk, outputs):
+                            dst = destinations[photo, name]
+                            saves.append((photo, dst, share, writer.submit(timed_save, stylized, dst)))
                         advance(len(chunk))
                     chunk = []
             for src, dst, share, save in saves:

@@ -221,7 +221,7 @@ def test_same_names_in_one_run_give_separate_outputs(model_file, tmp_path):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_batches_of_photos_give_each_photo_its_own_stylization(model_file, tmp_path, batch_size):
+def test_batches_of_photos_give_each_photo_its_own_stylization(model_file, tmp_path, batch_size, capsys):
     """Photos of equal size share a forward pass (batch_size; 8 on a GPU): each output is still its own photo's
     stylization, as one at a time, at its own size; an unreadable file among them is skipped and said."""
     photos = tmp_path / "photos"
@@ -233,6 +233,10 @@ def test_batches_of_photos_give_each_photo_its_own_stylization(model_file, tmp_p
     out = tmp_path / "out"
     assert stylize_quietly([model_file], photos, out, batch_size=batch_size) == 1
     assert files_below(out) == [f"{name}_tiny.png" for name in sizes]
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("stylized 5 image(s) with tiny") and summary.endswith(
+        f"→ {out}; 1 unreadable input(s) skipped"
+    )
     alone = Stylizer.load(model_file, "cpu", "fp32", backend="torch")
     for name, size in sizes.items():
         written = np.asarray(Image.open(out / f"{name}_tiny.png"), dtype=np.int16)
