@@ -200,7 +200,7 @@ def stylize_files(
     """
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
-    resolve_batch_size(batch_size, [])  # a bad value is an error before any model is loaded
+    batch_size_value("batch_size", batch_size)  # a bad value is an error before any model is loaded
     video = video or VideoSettings()
     sources = find_inputs(inputs)
     stylizers = [Stylizer.load(style, device, precision, tile, torch_compile, backend) for style in styles]
@@ -219,7 +219,7 @@ def stylize_files(
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, TextColumn("{task.fields[rate]}"), transient=True) as progress:
-        task = progress.add_task("stylizing", total=len(sources) * len(stylizers), rate="")
+        task = progress.add_task("stylizing", total=len(plan), rate="")
 
         def advance(count: int) -> None:
             progress.advance(task, count)
@@ -233,7 +233,18 @@ def stylize_files(
         # Photos: read ahead in one thread and written in another, so that decoding and encoding overlap the
         # network; ``batch`` of them at a time, those of equal size in one forward pass.
         with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
-            saves: list[tuple[Path, Path, float, Future[float]]] = []
+            saves: deque[tuple[Path, Path, float, Future[float]]] = deque()
+
+            def collect(keep: int) -> None:
+                """Wait for all but the newest ``keep`` writes, so that stylized images waiting for a slow disk
+                (the network on a GPU outruns JPEG encoding) stay bounded in memory."""
+                while len(saves) > keep:
+                    src, dst, share, save = saves.popleft()
+                    try:
+                        took[dst] = share + save.result()
+                    except UserError as e:
+                        skip(src, e)
+
             chunk: list[tuple[Path, Image.Image]] = []
             for i, (src, image) in enumerate(read_ahead(photos, batch)):
                 if isinstance(image, UserError):
@@ -251,11 +262,8 @@ def stylize_files(
                             saves.append((photo, dst, share, writer.submit(timed_save, stylized, dst)))
                         advance(len(chunk))
                     chunk = []
-            for src, dst, share, save in saves:
-                try:
-                    took[dst] = share + save.result()
-                except UserError as e:
-                    skip(src, e)
+                    collect(2 * batch * len(stylizers))
+            collect(0)
         for src, stylizer, dst in plan:
             if src.suffix.lower() not in VIDEO_EXTENSIONS:
                 continue
