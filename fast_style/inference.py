@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 from PIL import Image
@@ -19,7 +20,7 @@ from PIL import Image
 from fast_style.devices import pick_device, pick_precision
 from fast_style.errors import UserError
 from fast_style.files import safe_name
-from fast_style.images import to_image, to_tensor
+from fast_style.images import to_arrays, to_batch
 from fast_style.model_file import load_network
 from fast_style.network import TransformerNet
 from fast_style.onnx_model import MIN_SIDE, OnnxRuntimeNet, has_onnxruntime
@@ -115,7 +116,12 @@ class Stylizer:
         # One graph per image size (dynamic=False): for a video or a folder of equal-size photos that is one
         # compilation. Symbolic sizes bought nothing: on the CPU (PyTorch 2.14) each new size still compiled
         # again, 3x slower than a fixed-size compilation, and the graph ran 15-25% slower (README "Speed").
-        self.forward = torch.compile(self.net, dynamic=False) if torch_compile else self.net
+        # On a GPU each size's graph is also recorded as a CUDA graph ("reduce-overhead"), so a forward pass is
+        # one launch instead of one per kernel; its output lives in the graph's memory, which the next pass
+        # overwrites, so stylize_tensor copies it out.
+        self.cuda_graphs = torch_compile and self.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.forward = torch.compile(self.net, dynamic=False, mode=mode) if torch_compile else self.net
         self.metadata = metadata
         style = metadata.get("style")
         self.name = safe_name(style.get("name", "style") if isinstance(style, dict) else "style")
@@ -160,6 +166,7 @@ class Stylizer:
                 out = self.onnx(x)
             elif tile is None:
                 out = self.forward(x)
+                out = out.clone() if self.cuda_graphs else out
             else:
                 tiled = [stylize_tiled(self.net, image[None], tile, norm_stats) for image in x]
                 out = tiled[0] if len(tiled) == 1 else torch.cat(tiled)
@@ -192,10 +199,10 @@ class Stylizer:
             sizes.setdefault(image.size, []).append(i)
         results: dict[int, Image.Image] = {}
         for indices in sizes.values():
-            content = torch.cat([to_tensor(images[i]) for i in indices])
+            content = to_batch(np.stack([np.asarray(images[i].convert("RGB")) for i in indices]), self.device)
             stylized = finish(content, self.stylize_tensor(content), strength, preserve_color)
-            for i, out in zip(indices, stylized):
-                results[i] = to_image(out[None])
+            for i, out in zip(indices, to_arrays(stylized)):
+                results[i] = Image.fromarray(out)
                 if images[i].mode in ("RGBA", "LA"):
                     results[i].putalpha(images[i].getchannel("A"))
         return [results[i] for i in range(len(images))]

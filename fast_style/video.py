@@ -25,7 +25,7 @@ from rich.progress import Progress
 
 from fast_style.errors import UserError
 from fast_style.files import atomic_path
-from fast_style.images import VIDEO_EXTENSIONS
+from fast_style.images import VIDEO_EXTENSIONS, to_arrays, to_batch
 from fast_style.inference import Stylizer, finish
 from fast_style.stabilize import Blender, ClipStatistics, MovingAverage, parse_mode
 from fast_style.tiling import NormStats
@@ -159,14 +159,6 @@ class Stabilizer:
         return self.blender(frames, out) if self.blender else out
 
 
-def to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
-
-
-def to_arrays(batch: torch.Tensor) -> np.ndarray:
-    return batch.clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def sample_frames(path: Path, size: tuple[int, int], count: int) -> torch.Tensor:
     """``count`` frames spread evenly over the clip (all of them if it has fewer), for ``clip`` statistics."""
     container, stream = open_video(path)
@@ -183,7 +175,7 @@ def sample_frames(path: Path, size: tuple[int, int], count: int) -> torch.Tensor
             pass  # a damaged clip: the frames before the damage still count
     if not picks:
         raise UserError(f"{path} is not a readable video (no frame could be decoded)")
-    return to_batch(picks[:count])
+    return to_batch(np.stack(picks[:count]))
 
 
 def add_audio(output: Any, source: Any, suffix: str) -> tuple[Any, bool]:
@@ -339,7 +331,7 @@ def _pipeline(
     try:
         while (batch := batches.get()) is not _END and not stop.is_set():
             arrays, stamps = zip(*batch)
-            content = to_batch(list(arrays))
+            content = to_batch(np.stack(arrays), stylizer.device)
             styled = to_arrays(finishing((content, stabilizer(stylizer, content))))
             timestamps = []
             for pts in stamps:  # the source's timestamps; missing or out-of-order ones (AVI) continue at the rate

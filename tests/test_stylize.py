@@ -16,7 +16,7 @@ from PIL import Image
 
 from fast_style import Stylizer
 from fast_style.errors import UserError
-from fast_style.images import read_image, to_tensor
+from fast_style.images import read_image, to_arrays, to_batch, to_tensor
 from fast_style.inference import RGB_TO_YCBCR
 from fast_style.model_file import save_model
 from fast_style.network import TransformerNet
@@ -73,6 +73,20 @@ def test_strength_zero_returns_the_photo_and_half_is_between(stylizer):
     full = np.asarray(stylizer(photo), dtype=float)
     half = np.asarray(stylizer(photo, strength=0.5), dtype=float)
     assert np.abs(half - (full + np.asarray(photo, dtype=float)) / 2).max() <= 1
+
+
+def test_8_bit_pixels_cross_to_the_network_and_back_unchanged():
+    """Photos and video frames go to the network's device as 8-bit values: each of the 256 values v reads as
+    v/255 and comes back as v; results are clamped and rounded to the nearest value."""
+    arrays = np.arange(256 * 3, dtype=np.int64).reshape(1, 16, 16, 3).astype(np.uint8).repeat(2, axis=0)
+    batch = to_batch(arrays)
+    assert batch.shape == (2, 3, 16, 16) and batch.dtype == torch.float32
+    assert torch.equal(batch[0, :, 0, 0], torch.tensor([0, 1, 2]) / 255)
+    assert np.array_equal(to_arrays(batch), arrays)
+    assert np.array_equal(to_arrays(batch + 0.49 / 255), arrays)
+    assert np.array_equal(to_arrays(batch + 0.51 / 255), np.minimum(arrays.astype(int) + 1, 255))
+    assert to_arrays(batch - 2).max() == 0 and to_arrays(batch + 2).min() == 255
+    assert torch.equal(to_tensor(Image.fromarray(arrays[0])), batch[:1])
 
 
 def test_preserve_color_keeps_the_photos_chroma(stylizer):
