@@ -33,6 +33,12 @@ def photo(name: str | None = None, size: int = 64) -> torch.Tensor:
     return v2.functional.to_dtype(image, torch.float32, scale=True).unsqueeze(0)
 
 
+def levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-value difference in 8-bit levels, after each is rounded to a pixel as save_image rounds it (on the
+    CPU, so a GPU result compares with a CPU one)."""
+    return ((a.float().cpu() * 255).round() - (b.float().cpu() * 255).round()).abs()
+
+
 def run_train(cwd: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``python train.py <overrides>`` in ``cwd`` (so logs/ and checkpoints/ land there)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -17,14 +17,9 @@ from fast_style.inference import pick_backend
 from fast_style.model_file import load_network
 from fast_style.network import TransformerNet
 
-from .conftest import ROOT, SAMPLES
+from .conftest import ROOT, SAMPLES, levels
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
-
-
-def levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-value difference in 8-bit levels, after each is rounded to a pixel as save_image rounds it."""
-    return ((a * 255).round() - (b * 255).round()).abs()
 
 
 def test_auto_picks_onnxruntime_on_a_cpu_in_fp32_and_pytorch_everywhere_else(monkeypatch):
