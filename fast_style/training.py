@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,15 @@ def build_module(cfg: DictConfig) -> StyleTransferModule:
 
 
 def portable(value: Any, root: Path = PROJECT_ROOT) -> Any:
-    """``value`` with every absolute path made shareable: relative to the fast-style checkout when inside it, else
-    just its name. A model file is shipped to others and must not carry the trainer's home folder."""
+    """``value`` with every path outside the checkout made shareable: relative to the fast-style checkout when inside
+    it, else just its name. Paths are absolute (``/``, ``~``) or relative to the working folder (``./``, ``../``).
+    A model file is shipped to others and must not carry the trainer's folders."""
     if isinstance(value, dict):
         return {key: portable(item, root) for key, item in value.items()}
     if isinstance(value, list):
         return [portable(item, root) for item in value]
-    if isinstance(value, str) and value.startswith(("/", "~")):
-        path = Path(value).expanduser()
+    if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
+        path = Path(os.path.abspath(Path(value).expanduser()))  # '..' removed, symbolic links kept
         return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
     return value
 

@@ -1,6 +1,7 @@
 """Per-style model files: round trip, metadata, atomic writes, clear errors for bad files."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from fast_style.files import atomic_path
 from fast_style.model_file import load_model, read_metadata, save_model
 from fast_style.network import TransformerNet
 
-from .conftest import photo
+from .conftest import ROOT, photo
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
@@ -129,3 +130,21 @@ def test_stale_temporaries_of_killed_writes_are_removed_and_fresh_ones_kept(tmp_
     os.utime(tmp_path / "notes.tmp", (time.time() - 7200, time.time() - 7200))  # not one of ours
     assert remove_stale_temporaries(tmp_path) == [old]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "notes.tmp", "last.ckpt"])
+
+
+def test_model_files_record_paths_outside_the_checkout_by_name_only(tmp_path, monkeypatch):
+    from fast_style.training import portable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    recorded = portable(
+        {"root": "../shared/photos", "val": "./photos", "exclude": [str(ROOT / "data" / "samples"), "~/painting.jpg"]}
+    )
+    assert recorded == {"root": "photos", "val": "photos", "exclude": ["data/samples", "painting.jpg"]}
+    inside = os.path.relpath(ROOT / "data" / "styles" / "wave.jpg", tmp_path)  # '../..' up to the checkout, then in
+    assert portable(inside) == "data/styles/wave.jpg"
+    assert portable({"model": "wave", "precision": "auto", "size": 256}) == {
+        "model": "wave",
+        "precision": "auto",
+        "size": 256,
+    }
